@@ -1,0 +1,3 @@
+from hydralign.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Structured-config schemas (pure dataclasses) and their registration with Hydra's ConfigStore."""

@@ -1,0 +1,185 @@
+"""Typed schemas for every config group. Pure: imports no torch.
+
+Registered in Hydra's ConfigStore as ``config_schema`` and used as the first entry of
+``conf/config.yaml``'s defaults, so a misspelled key or a wrong type fails at composition with
+Hydra's own message (e.g. ``Key 'lrr' not in 'OptimizerConfig'``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    """What to train. ``source=config`` builds a Llama from the fields below (random init);
+    ``source=pretrained`` loads ``name_or_path`` (hub id or local directory)."""
+
+    name: str = MISSING
+    source: str = "config"  # config | pretrained
+    name_or_path: Optional[str] = None
+    revision: Optional[str] = None
+    trust_remote_code: bool = False  # executes code shipped with the weights: opt-in only
+    dtype: str = "float32"  # weights dtype when loading: float32 | bfloat16 | float16
+    attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 (null = library default)
+    gradient_checkpointing: bool = False  # lower activation memory, ~30% more compute
+    tokenizer: Optional[str] = None  # "char" = local character tokenizer; null = same as name_or_path
+    chat_template: str = "chatml"  # chatml | tulu
+    num_parameters: Optional[float] = None  # informational, printed in the plan (e.g. 8.0e9)
+    # Architecture for source=config (LlamaConfig fields).
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: Optional[int] = None
+    intermediate_size: int = 256
+    max_position_embeddings: int = 256
+    init_std: float = 0.02
+    tie_word_embeddings: bool = False
+
+
+@dataclass
+class MethodConfig:
+    """The post-training method: the LightningModule that turns a batch into a loss."""
+
+    name: str = MISSING  # sft (dpo, grpo, distill are separate issues)
+    completion_only: bool = True  # loss on assistant/completion tokens only
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adamw"
+    lr: float = "${lr}"  # type: ignore[assignment]  # the top-level lr, so sweeps override one key
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0  # not applied to biases and norm weights
+    grad_clip: Optional[float] = 1.0  # max global grad norm; null disables clipping
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "cosine"  # constant | linear | cosine | multistep
+    warmup_ratio: Optional[float] = None  # fraction of total steps; give this or warmup_steps
+    warmup_steps: Optional[int] = None
+    min_lr_ratio: float = 0.0  # cosine/linear floor as a fraction of the peak
+    # multistep (DeepSeek LLM): after milestones[i] of training, lr = peak * factors[i]
+    milestones: list[float] = field(default_factory=lambda: [0.8, 0.9])
+    factors: list[float] = field(default_factory=lambda: [0.316, 0.1])
+
+
+@dataclass
+class HardwareConfig:
+    name: str = MISSING
+    accelerator: str = "cpu"  # cpu | gpu
+    gpu: Optional[str] = None  # e.g. A100-80GB, informational and checked against the machine
+    nodes: int = 1
+    devices_per_node: int = 1
+    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | bf16-true
+    strategy: str = "auto"  # auto | ddp | fsdp | deepspeed
+    zero_stage: Optional[int] = None  # deepspeed ZeRO stage (1, 2, 3)
+    process_backend: Optional[str] = None  # nccl | gloo (null = accelerator default)
+
+
+@dataclass
+class BatchConfig:
+    """TRL's words: micro = per device per forward; effective = per optimizer step over all devices."""
+
+    effective: int = 32
+    micro: Optional[int] = None  # null: the largest size <= max_micro that divides effective / world_size
+    max_micro: int = 32  # upper bound for a derived micro batch (memory per device)
+    grad_accum: Optional[int] = None  # derived; give it only to assert what you expect
+
+
+@dataclass
+class ArithmeticConfig:
+    """The embedded synthetic task: ``a+b=`` answered with the sum's digits reversed."""
+
+    num_train: int = 20000
+    num_val: int = 500
+    num_test: int = 500
+    max_digits: int = 3
+    system_prompt: Optional[str] = None
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    source: str = "arithmetic"  # arithmetic | files | hub
+    train_files: list[str] = field(default_factory=list)  # .jsonl / .json / .parquet
+    val_files: list[str] = field(default_factory=list)
+    hub_id: Optional[str] = None
+    hub_config: Optional[str] = None
+    train_split: str = "train"
+    val_split: Optional[str] = None
+    val_fraction: float = 0.0  # carve a validation split from train when none is given
+    messages_field: str = "messages"
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+    max_seq_len: int = 128
+    overlong: str = "truncate"  # truncate | drop
+    num_examples: Optional[int] = None  # known size of a hub set, lets dry_run count steps
+    num_workers: int = 0
+    arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "mlflow"  # mlflow | none
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/outputs/mlflow.db
+    experiment_name: str = "hydralign"
+    run_name: Optional[str] = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    every_n_steps: int = 100  # optimizer steps between validations
+    num_generate: int = 256  # validation prompts answered by greedy generation
+    max_new_tokens: int = 16
+    batch_size: int = 64
+    prompt_format: str = "zero_shot"  # zero_shot | few_shot (logged: scores move with it)
+    num_fewshot: int = 0
+    repetition_min_repeats: int = 3  # a non-stopping generation ending in a span repeated this often
+    repetition_max_period: int = 32
+
+
+@dataclass
+class CheckpointConfig:
+    monitor: str = "val/exact_match"
+    mode: str = "max"  # max | min
+    every_n_steps: Optional[int] = None  # intermediate checkpoints (null = none)
+    keep_last_k: int = 3
+    save_last: bool = True
+    export_hf: bool = True  # save_pretrained of the final model into <run_dir>/hf_model
+
+
+@dataclass
+class Config:
+    lr: float = 1e-3
+    seed: int = 0
+    dry_run: bool = False
+    init_from: Optional[str] = None  # HF directory or .ckpt whose weights start the run
+    resume: Optional[str] = None  # a run directory or .ckpt to continue; "auto" = this run_dir's last.ckpt
+    run_dir: Optional[str] = None  # null: Hydra's output dir
+    optimized_metric: Optional[str] = "val/exact_match"  # what run(cfg) returns (sweeps)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # Passed through to lightning.Trainer. trainer.max_steps or trainer.max_epochs sets the length
+    # of training; the plan turns epochs into optimizer steps.
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+def register() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="config_schema", node=Config)

@@ -1,0 +1,240 @@
+"""The plan: every size a run derives from its config, computed once, checked, frozen.
+
+Pure (no torch, no I/O). Downstream code reads sizes from the plan and never re-derives them.
+Words follow TRL's batch glossary: *micro* = examples per device per forward, *global micro* =
+micro x world size, *effective* = examples per optimizer step over all devices and accumulation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Optional
+
+from hydralign.errors import ConfigError
+
+KNOWN_METHODS = ("sft",)
+SCHEDULES = ("constant", "linear", "cosine", "multistep")
+STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
+
+
+@dataclass(frozen=True)
+class Plan:
+    method: str
+    model: str
+    accelerator: str
+    strategy: str
+    precision: str
+    nodes: int
+    devices_per_node: int
+    world_size: int
+    micro_batch: int  # examples per device per forward
+    grad_accum: int  # forwards per device per optimizer step
+    global_micro_batch: int  # micro_batch x world_size
+    effective_batch: int  # examples per optimizer step, all devices
+    max_seq_len: int
+    max_tokens_per_step: int  # effective_batch x max_seq_len (an upper bound: padding is not counted)
+    num_train_examples: Optional[int]  # None until the data is loaded (files, unknown hub sets)
+    steps_per_epoch: Optional[int]
+    total_steps: Optional[int]
+    epochs: Optional[float]
+    warmup_steps: Optional[int]
+    lr: float
+    schedule: str
+    eval_every_n_steps: int
+    seed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        if isinstance(node, Mapping) or hasattr(node, "get"):
+            node = node.get(part, None)
+        else:
+            node = getattr(node, part, None)
+        if node is None:
+            return default
+    return node
+
+
+def _divisibility_hint(effective: int, world: int, micro: int) -> str:
+    per_device = effective / world
+    fixes = []
+    if effective % world == 0:
+        micros = [m for m in range(micro, 0, -1) if (effective // world) % m == 0]
+        if micros:
+            m = micros[0]
+            fixes.append(f"batch.micro={m} (grad_accum {effective // (world * m)})")
+    unit = world * micro
+    lower, upper = (effective // unit) * unit, (effective // unit + 1) * unit
+    fixes.extend(f"batch.effective={v}" for v in (lower, upper) if v > 0)
+    return (f"batch.effective={effective} is not divisible by world_size {world} x batch.micro {micro} "
+            f"= {unit} (that is {per_device:g} examples per device per step). Fix with one of: "
+            + ", ".join(fixes))
+
+
+def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
+    """Derive and check every size. ``num_train_examples`` is the loaded train split's size; without
+    it the plan uses what the config knows (synthetic task size, ``data.num_examples``)."""
+    method = _get(cfg, "method.name")
+    if method not in KNOWN_METHODS:
+        raise ConfigError(f"method={method} is not available; choose one of: {', '.join(KNOWN_METHODS)}")
+
+    nodes = int(_get(cfg, "hardware.nodes", 1))
+    devices = int(_get(cfg, "hardware.devices_per_node", 1))
+    if nodes < 1 or devices < 1:
+        raise ConfigError(f"hardware.nodes={nodes} and hardware.devices_per_node={devices} must both be >= 1")
+    world = nodes * devices
+    accelerator = _get(cfg, "hardware.accelerator", "cpu")
+    strategy = _get(cfg, "hardware.strategy", "auto")
+    precision = str(_get(cfg, "hardware.precision", "32-true"))
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"hardware.strategy={strategy} is unknown; choose one of: {', '.join(STRATEGIES)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"hardware.precision={precision} is unknown; choose one of: {', '.join(PRECISIONS)}")
+    if accelerator == "cpu" and precision.startswith("16"):
+        raise ConfigError(f"hardware.precision={precision} needs a GPU; on CPU use hardware.precision=32-true "
+                          "or bf16-mixed")
+    gpu = str(_get(cfg, "hardware.gpu", "") or "")
+    if gpu.startswith("V100"):
+        if precision.startswith("bf16"):
+            raise ConfigError(f"hardware.gpu={gpu} has no bf16; set hardware.precision=16-mixed")
+        if _get(cfg, "model.attn_implementation") == "flash_attention_2":
+            raise ConfigError(f"hardware.gpu={gpu} cannot run flash-attention 2 (Ampere or newer); "
+                              "set model.attn_implementation=sdpa")
+    if strategy == "deepspeed" and _get(cfg, "hardware.zero_stage") not in (1, 2, 3):
+        raise ConfigError("hardware.strategy=deepspeed needs hardware.zero_stage=1, 2 or 3")
+
+    effective = int(_get(cfg, "batch.effective", 1))
+    micro_given = _get(cfg, "batch.micro")
+    if micro_given is None:
+        max_micro = int(_get(cfg, "batch.max_micro", 32))
+        if effective % world:
+            raise ConfigError(f"batch.effective={effective} is not divisible by world_size {world}; use a "
+                              f"multiple of {world}, e.g. batch.effective={(effective // world + 1) * world}")
+        per_device = effective // world
+        micro = max(m for m in range(1, min(per_device, max(1, max_micro)) + 1) if per_device % m == 0)
+    else:
+        micro = int(micro_given)
+    if micro < 1 or effective < 1:
+        raise ConfigError(f"batch.micro={micro} and batch.effective={effective} must both be >= 1")
+    global_micro = world * micro
+    if effective < global_micro:
+        raise ConfigError(f"batch.effective={effective} is smaller than world_size {world} x batch.micro "
+                          f"{micro} = {global_micro}; lower batch.micro to "
+                          f"{max(1, effective // world)} or raise batch.effective to {global_micro}")
+    if effective % global_micro:
+        raise ConfigError(_divisibility_hint(effective, world, micro))
+    grad_accum = effective // global_micro
+    given = _get(cfg, "batch.grad_accum")
+    if given is not None and int(given) != grad_accum:
+        raise ConfigError(f"batch.grad_accum={given} disagrees with the derived grad_accum {grad_accum} "
+                          f"(= batch.effective {effective} / (world_size {world} x batch.micro {micro})); "
+                          "drop batch.grad_accum or change batch.effective")
+
+    if num_train_examples is None:
+        if _get(cfg, "data.source") == "arithmetic":
+            num_train_examples = int(_get(cfg, "data.arithmetic.num_train"))
+        elif _get(cfg, "data.num_examples") is not None:
+            n = int(_get(cfg, "data.num_examples"))
+            num_train_examples = n - int(round(n * float(_get(cfg, "data.val_fraction", 0.0) or 0.0)))
+    steps_per_epoch = None
+    if num_train_examples is not None:
+        if num_train_examples < effective:
+            raise ConfigError(f"the train split has {num_train_examples} examples, fewer than one optimizer "
+                              f"step needs (batch.effective={effective}); lower batch.effective or add data")
+        steps_per_epoch = num_train_examples // effective
+
+    max_steps = _get(cfg, "trainer.max_steps")
+    max_epochs = _get(cfg, "trainer.max_epochs")
+    total_steps: Optional[int] = None
+    epochs: Optional[float] = None
+    if max_steps is not None and int(max_steps) > 0:
+        total_steps = int(max_steps)
+        epochs = total_steps / steps_per_epoch if steps_per_epoch else None
+    elif max_epochs is not None and float(max_epochs) > 0:
+        epochs = float(max_epochs)
+        total_steps = max(1, math.ceil(epochs * steps_per_epoch)) if steps_per_epoch else None
+    else:
+        raise ConfigError("training length is not set: give trainer.max_steps=N (optimizer steps) or "
+                          "trainer.max_epochs=N (data passes)")
+
+    schedule = _get(cfg, "schedule.name", "constant")
+    if schedule not in SCHEDULES:
+        raise ConfigError(f"schedule={schedule} is unknown; choose one of: {', '.join(SCHEDULES)}")
+    w_steps, w_ratio = _get(cfg, "schedule.warmup_steps"), _get(cfg, "schedule.warmup_ratio")
+    if w_steps is not None and w_ratio is not None and int(w_steps) > 0 and float(w_ratio) > 0:
+        raise ConfigError(f"give schedule.warmup_steps ({w_steps}) or schedule.warmup_ratio ({w_ratio}), "
+                          "not both: set the other to null")
+    if w_ratio is not None and not 0 <= float(w_ratio) < 1:
+        raise ConfigError(f"schedule.warmup_ratio={w_ratio} must be in [0, 1)")
+    warmup: Optional[int]
+    if w_steps is not None and int(w_steps) > 0:
+        warmup = int(w_steps)
+    elif w_ratio is not None and total_steps is not None:
+        warmup = int(round(float(w_ratio) * total_steps))
+    elif w_ratio is not None:
+        warmup = None
+    else:
+        warmup = 0
+    if warmup is not None and total_steps is not None and warmup >= total_steps:
+        raise ConfigError(f"schedule.warmup_steps={warmup} is not below the run's {total_steps} total steps; "
+                          f"lower it (e.g. schedule.warmup_steps={max(0, total_steps // 10)}) or use "
+                          "schedule.warmup_ratio")
+    if schedule == "multistep":
+        ms, fs = list(_get(cfg, "schedule.milestones", [])), list(_get(cfg, "schedule.factors", []))
+        if len(ms) != len(fs) or any(not 0 < m < 1 for m in ms) or ms != sorted(ms):
+            raise ConfigError(f"schedule.milestones={ms} must be increasing fractions in (0, 1), one per "
+                              f"schedule.factors={fs}")
+
+    every = int(_get(cfg, "eval.every_n_steps", 100))
+    if every < 1:
+        raise ConfigError(f"eval.every_n_steps={every} must be >= 1")
+    max_seq_len = int(_get(cfg, "data.max_seq_len", 0))
+    lr = float(_get(cfg, "optimizer.lr", _get(cfg, "lr", 0.0)))
+    if not lr > 0:
+        raise ConfigError(f"lr={lr} must be > 0")
+    return Plan(
+        method=method, model=str(_get(cfg, "model.name", "?")), accelerator=accelerator, strategy=strategy,
+        precision=precision, nodes=nodes, devices_per_node=devices, world_size=world, micro_batch=micro,
+        grad_accum=grad_accum, global_micro_batch=global_micro, effective_batch=effective,
+        max_seq_len=max_seq_len, max_tokens_per_step=effective * max_seq_len,
+        num_train_examples=num_train_examples, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+        epochs=epochs, warmup_steps=warmup, lr=lr, schedule=schedule, eval_every_n_steps=every,
+        seed=int(_get(cfg, "seed", 0)),
+    )
+
+
+def format_plan(plan: Plan, title: str = "plan") -> str:
+    def show(v: Any) -> str:
+        if v is None:
+            return "known once the data is loaded"
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return str(v)
+
+    rows = [
+        ("method / model", f"{plan.method} / {plan.model}"),
+        ("hardware", f"{plan.nodes} node(s) x {plan.devices_per_node} {plan.accelerator} device(s), "
+                     f"strategy {plan.strategy}, precision {plan.precision}"),
+        ("world_size", plan.world_size),
+        ("micro_batch (per device)", plan.micro_batch),
+        ("grad_accum (derived)", plan.grad_accum),
+        ("effective_batch", f"{plan.effective_batch} = {plan.world_size} x {plan.micro_batch} x {plan.grad_accum}"),
+        ("tokens per step (max)", f"{plan.max_tokens_per_step} = {plan.effective_batch} x {plan.max_seq_len}"),
+        ("train examples", show(plan.num_train_examples)),
+        ("steps per epoch", show(plan.steps_per_epoch)),
+        ("total steps", show(plan.total_steps)),
+        ("epochs", show(plan.epochs)),
+        ("warmup steps", show(plan.warmup_steps)),
+        ("lr / schedule", f"{plan.lr:g} / {plan.schedule}"),
+        ("validate every", f"{plan.eval_every_n_steps} steps"),
+        ("seed", plan.seed),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join([f"== {title} =="] + [f"  {k.ljust(width)}  {show(v)}" for k, v in rows])
