@@ -136,6 +136,7 @@ class LoggerConfig:
 @dataclass
 class EvalConfig:
     every_n_steps: int = 100  # optimizer steps between validations
+    at_start: bool = True  # score the untrained model first (step 0 of every curve)
     num_generate: int = 256  # validation prompts answered by greedy generation
     max_new_tokens: int = 16
     batch_size: int = 64

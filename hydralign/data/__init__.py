@@ -1,0 +1,1 @@
+"""Data: readers (files, hub, synthetic task) -> chat templates -> tokenized examples -> micro-batches."""

@@ -1,0 +1,45 @@
+"""The embedded synthetic task: ``a+b=`` answered with the digits of the sum reversed.
+
+Reversed digits let a left-to-right decoder emit the least significant digit first, so the carry
+is always known when a digit is written: a tiny model learns the task in minutes. Pairs are drawn
+without repetition from one seeded stream and cut into disjoint train/val/test splits.
+"""
+
+from __future__ import annotations
+
+import random
+
+
+def answer(a: int, b: int) -> str:
+    return str(a + b)[::-1]
+
+
+def make_splits(seed: int, num_train: int, num_val: int, num_test: int, max_digits: int,
+                system_prompt: str | None = None) -> dict[str, list[dict]]:
+    """Return ``{"train": [...], "val": [...], "test": [...]}`` of chat records."""
+    bound = 10**max_digits
+    total = num_train + num_val + num_test
+    if total > bound * bound // 2:
+        raise ValueError(f"{total} distinct sums requested but max_digits={max_digits} offers only "
+                         f"{bound * bound} pairs; raise data.arithmetic.max_digits")
+    rng = random.Random(seed)
+    seen: set[tuple[int, int]] = set()
+    pairs: list[tuple[int, int]] = []
+    while len(pairs) < total:
+        pair = (rng.randrange(bound), rng.randrange(bound))
+        if pair not in seen:
+            seen.add(pair)
+            pairs.append(pair)
+
+    def record(a: int, b: int) -> dict:
+        messages = [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": answer(a, b)}]
+        if system_prompt:
+            messages.insert(0, {"role": "system", "content": system_prompt})
+        return {"messages": messages}
+
+    cut1, cut2 = num_train, num_train + num_val
+    return {
+        "train": [record(a, b) for a, b in pairs[:cut1]],
+        "val": [record(a, b) for a, b in pairs[cut1:cut2]],
+        "test": [record(a, b) for a, b in pairs[cut2:]],
+    }

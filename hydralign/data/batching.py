@@ -1,0 +1,120 @@
+"""Micro-batches that know their optimizer step's token count.
+
+The loss contract (DESIGN.md section 5): a step's loss is the sum over the loss tokens of the whole
+accumulated, all-device batch (the *window*), divided once by their count. Which examples form each
+window is a pure function of (seed, epoch), so every rank computes the window's token count from the
+example lengths alone: no communication, and no dependence on how the window is split into
+devices x accumulation x micro-batches.
+
+Layout of one window of ``effective`` shuffled examples: ``[grad_accum, world_size, micro]``;
+rank r's k-th micro-batch of the step is ``window[k, r, :]``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from hydralign.data.tokenize import IGNORE, Example
+
+
+class WindowSchedule:
+    def __init__(self, num_loss_tokens: list[int], effective: int, micro: int, world_size: int, rank: int,
+                 seed: int, shuffle: bool = True):
+        assert effective % (micro * world_size) == 0, "the plan guarantees divisibility"
+        self.tokens = torch.tensor(num_loss_tokens, dtype=torch.long)
+        self.n, self.effective, self.micro = len(num_loss_tokens), effective, micro
+        self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
+        self.grad_accum = effective // (micro * world_size)
+        self.windows_per_epoch = self.n // effective
+        if self.windows_per_epoch < 1:
+            raise ValueError(f"{self.n} examples cannot fill one step of {effective}")
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            if self.shuffle:
+                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+                perm = torch.randperm(self.n, generator=gen)
+            else:
+                perm = torch.arange(self.n)
+            self._perm = (epoch, perm)
+        return self._perm[1]
+
+    def window(self, step: int) -> torch.Tensor:
+        epoch, w = divmod(step, self.windows_per_epoch)
+        return self._permutation(epoch)[w * self.effective:(w + 1) * self.effective]
+
+    def micro_batch(self, index: int) -> tuple[list[int], int, bool, float]:
+        """index counts this rank's micro-batches from the start of training. Returns the example
+        indices, the window's loss-token count (all ranks), whether this micro-batch closes the
+        window, and the epoch position as a float."""
+        step, k = divmod(index, self.grad_accum)
+        window = self.window(step)
+        start = (k * self.world_size + self.rank) * self.micro
+        members = window[start:start + self.micro].tolist()
+        window_tokens = int(self.tokens[window].sum())
+        return members, window_tokens, k == self.grad_accum - 1, step / self.windows_per_epoch
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example of the micro-batch."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class TrainMicroBatches(Dataset):
+    """Item i = this rank's i-th micro-batch of training, collated, with its window's token count."""
+
+    def __init__(self, examples: list[Example], schedule: WindowSchedule, pad_id: int, total_steps: int):
+        self.examples, self.schedule, self.pad_id = examples, schedule, pad_id
+        self.length = total_steps * schedule.grad_accum
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        members, window_tokens, last, epoch = self.schedule.micro_batch(index)
+        batch = collate([self.examples[i] for i in members], self.pad_id)
+        # Plain Python values: they stay on the host, so reading them never syncs a device.
+        batch.update(window_tokens=window_tokens, window_last=last, epoch=epoch)
+        return batch
+
+
+class ResumableSequentialSampler(Sampler[int]):
+    """start, start+1, ..., length-1; ``start`` is read when iteration begins, so a resumed run
+    continues with the micro-batch after the last completed optimizer step."""
+
+    def __init__(self, length: int, start_fn: Optional[callable] = None):
+        self.length, self.start_fn = length, start_fn or (lambda: 0)
+
+    def __iter__(self):
+        return iter(range(min(self.start_fn(), self.length), self.length))
+
+    def __len__(self) -> int:
+        return self.length - min(self.start_fn(), self.length)
+
+
+class EvalBatches(Dataset):
+    """Fixed, unshuffled batches of this rank's share of an evaluation split (loss only)."""
+
+    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, world_size: int, rank: int):
+        mine = examples[rank::world_size]
+        self.batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+        self.pad_id = pad_id
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> dict:
+        return collate(self.batches[index], self.pad_id)

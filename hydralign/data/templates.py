@@ -1,0 +1,84 @@
+"""Chat templates rendered as (text, trainable) segments, so the loss mask is exact by construction.
+
+Each template also carries its Jinja form, which is saved with the tokenizer on export so the
+exported model formats prompts the way it was trained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+Segment = tuple[str, bool]  # (text, is the loss computed on it)
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    name: str
+    turn_open: dict[str, str]  # role -> header written before the content
+    turn_close: dict[str, str]  # role -> written after the content ("{eos}" becomes the eos token)
+    trailing: str  # written after turn_close, never trained on
+    special_tokens: tuple[str, ...]  # markers that must be single tokens
+    add_bos: bool
+    jinja: str
+
+    def close(self, role: str, eos_token: str) -> str:
+        return self.turn_close[role].replace("{eos}", eos_token)
+
+    def render(self, messages: list[dict], eos_token: str, train_on_all: bool = False) -> list[Segment]:
+        """Whole conversation; assistant contents and their closing marker are trainable."""
+        segments: list[Segment] = []
+        for msg in messages:
+            role = msg["role"]
+            if role not in self.turn_open:
+                raise ValueError(f"role {role!r} is not one of {sorted(self.turn_open)}")
+            trainable = train_on_all or role == "assistant"
+            segments.append((self.turn_open[role], train_on_all))
+            segments.append((msg["content"] + self.close(role, eos_token), trainable))
+            segments.append((self.trailing, train_on_all))
+        return segments
+
+    def render_prompt(self, messages: list[dict], eos_token: str) -> str:
+        """Prompt for generation: every turn given, then the assistant header."""
+        parts = []
+        for msg in messages:
+            role = msg["role"]
+            parts.append(self.turn_open[role] + msg["content"] + self.close(role, eos_token) + self.trailing)
+        return "".join(parts) + self.turn_open["assistant"]
+
+    def stop_tokens(self, eos_token: str) -> list[str]:
+        """Tokens that end an assistant turn (generation stops at any of them)."""
+        marker = self.close("assistant", eos_token)
+        return sorted({m for m in (marker, eos_token) if m})
+
+
+CHATML = ChatTemplate(
+    name="chatml",
+    turn_open={r: f"<|im_start|>{r}\n" for r in ("system", "user", "assistant")},
+    turn_close={r: "<|im_end|>" for r in ("system", "user", "assistant")},
+    trailing="\n",
+    special_tokens=("<|im_start|>", "<|im_end|>"),
+    add_bos=False,
+    jinja=("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"),
+)
+
+# open-instruct's "tulu" template: <|user|>\n...\n<|assistant|>\n...<eos>\n
+TULU = ChatTemplate(
+    name="tulu",
+    turn_open={"system": "<|system|>\n", "user": "<|user|>\n", "assistant": "<|assistant|>\n"},
+    turn_close={"system": "", "user": "", "assistant": "{eos}"},
+    trailing="\n",
+    special_tokens=("<|system|>", "<|user|>", "<|assistant|>"),
+    add_bos=True,
+    jinja=("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|assistant|>\\n' + m['content'] + "
+           "eos_token + '\\n' }}{% else %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '\\n' }}{% endif %}"
+           "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"),
+)
+
+TEMPLATES = {t.name: t for t in (CHATML, TULU)}
+
+
+def get_template(name: str) -> ChatTemplate:
+    if name not in TEMPLATES:
+        raise ValueError(f"model.chat_template={name} is unknown; choose one of: {', '.join(TEMPLATES)}")
+    return TEMPLATES[name]

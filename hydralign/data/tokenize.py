@@ -1,0 +1,90 @@
+"""Chat messages -> token ids with a loss mask, plus the prompts and references used for generation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hydralign.data.templates import ChatTemplate
+
+IGNORE = -100
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # IGNORE where no loss is taken
+
+    @property
+    def num_loss_tokens(self) -> int:
+        """Targets after the causal shift: label positions 1..n-1 that are not ignored."""
+        return sum(1 for t in self.labels[1:] if t != IGNORE)
+
+
+@dataclass
+class GenerationExample:
+    prompt_ids: list[int]
+    reference: str
+
+
+@dataclass
+class TokenizeStats:
+    total: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped_overlong: int = 0
+    dropped_no_target: int = 0  # nothing left to learn after truncation
+    notes: list[str] = field(default_factory=list)
+
+    def as_metrics(self, split: str) -> dict[str, float]:
+        return {f"data/{split}_{k}": float(v) for k, v in vars(self).items() if k != "notes"}
+
+
+def encode(tokenizer, template: ChatTemplate, conversations: list[list[dict]], max_len: int, overlong: str,
+           train_on_all: bool = False) -> tuple[list[Example], TokenizeStats]:
+    """Render every conversation through the template, tokenize all segments in one batched call,
+    then truncate (right side) or drop over-long ones as configured."""
+    if overlong not in ("truncate", "drop"):
+        raise ValueError(f"data.overlong={overlong} must be truncate or drop")
+    eos = tokenizer.eos_token or ""
+    rendered = [template.render(msgs, eos, train_on_all) for msgs in conversations]
+    texts = [text for segs in rendered for text, _ in segs]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    bos = [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
+    stats, examples, pos = TokenizeStats(total=len(conversations)), [], 0
+    for segs in rendered:
+        input_ids, labels = list(bos), [IGNORE] * len(bos)
+        for _, trainable in segs:
+            piece = ids[pos]
+            pos += 1
+            input_ids.extend(piece)
+            labels.extend(piece if trainable else [IGNORE] * len(piece))
+        if len(input_ids) > max_len:
+            if overlong == "drop":
+                stats.dropped_overlong += 1
+                continue
+            input_ids, labels = input_ids[:max_len], labels[:max_len]
+            stats.truncated += 1
+        example = Example(input_ids, labels)
+        if example.num_loss_tokens == 0:
+            stats.dropped_no_target += 1
+            continue
+        examples.append(example)
+    stats.kept = len(examples)
+    return examples, stats
+
+
+def generation_examples(tokenizer, template: ChatTemplate, conversations: list[list[dict]],
+                        fewshot: list[list[dict]] | None = None) -> list[GenerationExample]:
+    """Prompt = (few-shot turns +) every turn before the last assistant turn; reference = that turn."""
+    eos = tokenizer.eos_token or ""
+    shots = [m for conv in (fewshot or []) for m in conv if m["role"] != "system"]
+    prompts, refs = [], []
+    for msgs in conversations:
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+        head = msgs[:last]
+        system = [m for m in head[:1] if m["role"] == "system"]
+        prompts.append(template.render_prompt(system + shots + head[len(system):], eos))
+        refs.append(msgs[last]["content"])
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+    bos = [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
+    return [GenerationExample(bos + p, r) for p, r in zip(ids, refs)]

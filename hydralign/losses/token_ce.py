@@ -1,0 +1,25 @@
+"""Summed next-token cross-entropy: the SFT objective before normalization.
+
+Returns a *sum* and a *count*, never a mean: the caller divides once by the token count of the
+whole accumulated, all-device batch (DESIGN.md section 5), which is what makes the gradient
+independent of how the batch is split (cf. transformers #34191, Lightning #20350).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits: [B, T, V] (position t predicts token t+1); labels: [B, T] with IGNORE where no loss.
+
+    Returns (sum of -log p(label) over target positions, number of target positions), both scalars.
+    Cross-entropy runs in fp32 whatever the logits' dtype.
+    """
+    shift_logits = logits[:, :-1, :].reshape(-1, logits.size(-1)).float()  # [B*(T-1), V]
+    shift_labels = labels[:, 1:].reshape(-1)  # [B*(T-1)]
+    total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
+    return total, (shift_labels != IGNORE).sum()

@@ -1,0 +1,132 @@
+"""The shared LightningModule: optimizer and schedule wiring, loss normalization over the whole
+accumulated all-device batch, step logging without device syncs, validation (loss + generation).
+
+A method subclass implements only ``batch_loss(batch) -> (loss_sum, num_items)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+
+from hydralign.data.tokenize import GenerationExample
+from hydralign.evaluation import exact_match, exact_match_flex, is_repetitive
+from hydralign.plan import Plan
+from hydralign.schedules import lr_factor
+
+
+class PostTrainingModule(L.LightningModule):
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, plan: Plan, cfg: Any,
+                 generation_examples: list[GenerationExample], stop_token_ids: list[int]):
+        super().__init__()
+        self.model, self.tokenizer, self.plan, self.cfg = model, tokenizer, plan, cfg
+        self.generation_examples = generation_examples
+        self.stop_token_ids = stop_token_ids
+        self._window_loss = torch.zeros(())
+        self._val_sums = torch.zeros(2, dtype=torch.float64)
+        self.last_val: dict[str, float] = {}
+        self.last_val_step = -1
+
+    # --- the one method-specific piece -------------------------------------------------------
+    def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of per-item losses, number of items) for a micro-batch."""
+        raise NotImplementedError
+
+    # --- training ----------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss_sum, _ = self.batch_loss(batch)
+        share = loss_sum / batch["window_tokens"]  # this micro-batch's part of the window mean
+        self._window_loss = self._window_loss.to(share.device) + share.detach()
+        if batch["window_last"]:
+            self.log("train/loss", self._window_loss, on_step=True, on_epoch=False, prog_bar=True,
+                     sync_dist=self.plan.world_size > 1, reduce_fx="sum")
+            self.log("train/epoch", float(batch["epoch"]), on_step=True, on_epoch=False)
+            self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
+            self._window_loss = torch.zeros((), device=share.device)
+        # Lightning divides every micro-batch loss by grad_accum and DDP/FSDP average gradients
+        # over the world: undo both, so the step's gradient is d(window sum / window tokens).
+        return share * (self.plan.grad_accum * self.plan.world_size)
+
+    def configure_optimizers(self):
+        ocfg, scfg, plan = self.cfg.optimizer, self.cfg.schedule, self.plan
+        decay, no_decay = [], []
+        for _, p in self.model.named_parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": ocfg.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=plan.lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
+        total, warmup = plan.total_steps, plan.warmup_steps or 0
+
+        def factor(step: int) -> float:
+            return lr_factor(step, scfg.name, total, warmup, scfg.min_lr_ratio, list(scfg.milestones),
+                             list(scfg.factors))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- validation --------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        loss_sum, count = self.batch_loss(batch)
+        self._val_sums += torch.stack([loss_sum.detach().double(), count.double()])
+
+    def on_validation_epoch_end(self) -> None:
+        gen = self.generation_counts()
+        totals = torch.cat([self._val_sums, gen.to(self._val_sums)])
+        if self.plan.world_size > 1:
+            totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+        loss_sum, tokens, n, em, flex, rep = totals.tolist()
+        metrics = {"val/loss": loss_sum / max(tokens, 1.0)}
+        if n:
+            metrics.update({"val/exact_match": em / n, "val/exact_match_flex": flex / n,
+                            "val/repetition_rate": rep / n})
+        self.log_dict(metrics, on_step=False, on_epoch=True)
+        self.last_val, self.last_val_step = metrics, self.global_step
+        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
+            shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            print(f"[step {self.global_step}] {shown}", flush=True)
+
+    @torch.no_grad()
+    def generation_counts(self) -> torch.Tensor:
+        """[n, exact, flex, repetitive] over this rank's share of the generation prompts."""
+        ecfg = self.cfg.eval
+        mine = self.generation_examples[self.global_rank::self.plan.world_size]
+        counts = torch.zeros(4, dtype=torch.float64)
+        was_training = self.model.training
+        self.model.eval()
+        for i in range(0, len(mine), ecfg.batch_size):
+            chunk = mine[i:i + ecfg.batch_size]
+            for ex, (tokens, stopped) in zip(chunk, self.generate([e.prompt_ids for e in chunk])):
+                text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+                counts += torch.tensor([1.0, exact_match(text, ex.reference),
+                                        exact_match_flex(text, ex.reference),
+                                        is_repetitive(tokens, stopped, ecfg.repetition_min_repeats,
+                                                      ecfg.repetition_max_period)], dtype=torch.float64)
+        self.model.train(was_training)
+        return counts
+
+    def generate(self, prompts: list[list[int]]) -> list[tuple[list[int], bool]]:
+        """Greedy decoding, left-padded batch. Returns (tokens before the stop token, stopped)."""
+        pad = self.tokenizer.pad_token_id
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        out = self.model.generate(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+            max_new_tokens=self.cfg.eval.max_new_tokens, do_sample=False, eos_token_id=self.stop_token_ids,
+            pad_token_id=pad, synced_gpus=self.plan.world_size > 1,
+        )[:, width:].tolist()
+        stops = set(self.stop_token_ids)
+        results = []
+        for row in out:
+            cut = next((j for j, t in enumerate(row) if t in stops), None)
+            results.append((row[:cut], True) if cut is not None else (row, False))
+        return results

@@ -1,0 +1,110 @@
+"""Tokenizer and model: a tiny Llama built from config (random init, local character tokenizer) or
+a pretrained model from a hub id or local directory. Loading is safe by default: safetensors first,
+``trust_remote_code`` only when the config says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hydralign.data.templates import TEMPLATES, ChatTemplate
+from hydralign.errors import ConfigError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+CHAR_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
+
+
+def char_tokenizer():
+    """Printable ASCII plus newline/tab, one token per character, and every template's markers as
+    single special tokens. Built in memory; saved with the model on export."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    markers = sorted({m for t in TEMPLATES.values() for m in t.special_tokens})
+    chars = [chr(i) for i in range(32, 127)] + ["\n", "\t"]
+    vocab = {tok: i for i, tok in enumerate(list(CHAR_SPECIALS) + markers + chars)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<s>", eos_token="</s>", additional_special_tokens=markers)
+
+
+def build_tokenizer(mcfg: Any, template: ChatTemplate):
+    if mcfg.tokenizer == "char":
+        tok = char_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        source = mcfg.tokenizer or mcfg.name_or_path
+        tok = AutoTokenizer.from_pretrained(source, revision=mcfg.revision,
+                                            trust_remote_code=mcfg.trust_remote_code)
+        missing = [m for m in template.special_tokens if m not in tok.get_vocab()]
+        if missing:
+            tok.add_special_tokens({"additional_special_tokens": missing})
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.chat_template = template.jinja
+    return tok
+
+
+def build_model(mcfg: Any, tokenizer, seed: int) -> torch.nn.Module:
+    if mcfg.source == "config":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        config = LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=mcfg.hidden_size, num_hidden_layers=mcfg.num_layers,
+            num_attention_heads=mcfg.num_heads, num_key_value_heads=mcfg.num_kv_heads or mcfg.num_heads,
+            intermediate_size=mcfg.intermediate_size, max_position_embeddings=mcfg.max_position_embeddings,
+            initializer_range=mcfg.init_std, tie_word_embeddings=mcfg.tie_word_embeddings,
+            pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        if mcfg.attn_implementation:
+            config._attn_implementation = mcfg.attn_implementation
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = LlamaForCausalLM(config)
+        model.to(DTYPES[mcfg.dtype])
+    elif mcfg.source == "pretrained":
+        from transformers import AutoModelForCausalLM
+
+        if not mcfg.name_or_path:
+            raise ConfigError(f"model={mcfg.name} has source=pretrained but no model.name_or_path")
+        kwargs = dict(revision=mcfg.revision, trust_remote_code=mcfg.trust_remote_code,
+                      dtype=DTYPES[mcfg.dtype])
+        if mcfg.attn_implementation:
+            kwargs["attn_implementation"] = mcfg.attn_implementation
+        model = AutoModelForCausalLM.from_pretrained(mcfg.name_or_path, **kwargs)
+        if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(len(tokenizer))
+    else:
+        raise ConfigError(f"model.source={mcfg.source} must be config or pretrained")
+    if mcfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def load_weights(model: torch.nn.Module, source: str) -> None:
+    """``init_from``: an exported HF directory (safetensors) or a Lightning .ckpt (weights_only)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        files = sorted(path.glob("*.safetensors"))
+        if not files:
+            raise ConfigError(f"init_from={source}: no *.safetensors in that directory")
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+    elif path.suffix == ".ckpt" and path.is_file():
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    else:
+        raise ConfigError(f"init_from={source} is neither an HF model directory nor a .ckpt file")
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    if set(missing) - tied or unexpected:
+        raise ConfigError(f"init_from={source} does not match the model: missing {sorted(missing)[:5]}, "
+                          f"unexpected {sorted(unexpected)[:5]}")

@@ -1,0 +1,104 @@
+"""MLflow tracking, rank 0 only. The tracking URI is always passed explicitly (never read at import)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from hydralign.plan import Plan
+
+DEFAULT_STORE = Path("outputs") / "mlflow.db"
+
+
+def tracking_uri(configured: Optional[str]) -> str:
+    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the SQLite store outputs/mlflow.db (absolute)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    path = (Path.cwd() / DEFAULT_STORE).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = json.dumps(node) if isinstance(node, list) else str(node)
+    return out
+
+
+def config_hash(resolved_yaml: str) -> str:
+    return hashlib.sha256(resolved_yaml.encode()).hexdigest()[:12]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def retry_locked(fn, *args, attempts: int = 20, **kwargs):
+    """SQLite allows one writer: retry an MLflow call while the database is locked."""
+    for i in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # MlflowException wraps sqlalchemy's OperationalError
+            if "database is locked" not in str(err) or i == attempts - 1:
+                raise
+            time.sleep(0.05 * (i + 1))
+
+
+def run_params(cfg: Any, plan: Plan) -> dict[str, str]:
+    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params.update({"effective_batch": str(plan.effective_batch), "grad_accum": str(plan.grad_accum),
+                   "world_size": str(plan.world_size), "micro_batch": str(plan.micro_batch),
+                   "total_steps": str(plan.total_steps), "warmup_steps": str(plan.warmup_steps),
+                   "max_tokens_per_step": str(plan.max_tokens_per_step)})
+    return params
+
+
+def make_logger(cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str] = None):
+    """Lightning's MLFlowLogger on the explicit URI, or None for logger=none."""
+    if cfg.logger.name == "none":
+        return None
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    tags = {"git_commit": git_commit(), "config_hash": config_hash(resolved), "method": plan.method,
+            "model": plan.model, "hardware": cfg.hardware.name, "run_dir": str(run_dir)}
+    tags.update({k: str(v) for k, v in (cfg.logger.tags or {}).items()})
+    sweep_id = os.environ.get("HYDRALIGN_SWEEP_ID")
+    if sweep_id:
+        tags["sweep_id"] = sweep_id
+    return MLFlowLogger(experiment_name=cfg.logger.experiment_name, run_name=cfg.logger.run_name,
+                        tracking_uri=tracking_uri(cfg.logger.tracking_uri), tags=tags, run_id=run_id,
+                        synchronous=True)
+
+
+def log_run_start(logger, cfg: Any, plan: Plan, run_dir: Path, extra_metrics: dict[str, float]) -> None:
+    """Params (flattened resolved config + plan numbers), the config and plan as artifacts."""
+    from mlflow.entities import Metric, Param
+
+    client, run_id = logger.experiment, logger.run_id
+    existing = client.get_run(run_id).data.params
+    params = [Param(k, v[:6000]) for k, v in run_params(cfg, plan).items() if k not in existing]
+    for i in range(0, len(params), 100):
+        retry_locked(client.log_batch, run_id, params=params[i:i + 100])
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in extra_metrics.items()]
+    if metrics:
+        retry_locked(client.log_batch, run_id, metrics=metrics)
+    for name in ("config.yaml", "plan.json"):
+        retry_locked(client.log_artifact, run_id, str(run_dir / name))

@@ -1,0 +1,142 @@
+"""``run(cfg) -> metrics``: config -> plan -> components -> Trainer.fit -> tracking. Testable without Hydra."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from hydralign.errors import ConfigError
+from hydralign.plan import Plan, format_plan, make_plan
+
+# Sizes the plan owns; setting them under trainer.* would fork the truth.
+PLANNED_TRAINER_KEYS = {"accumulate_grad_batches": "batch.effective / batch.micro",
+                        "devices": "hardware.devices_per_node", "num_nodes": "hardware.nodes",
+                        "precision": "hardware.precision", "strategy": "hardware.strategy",
+                        "accelerator": "hardware.accelerator", "val_check_interval": "eval.every_n_steps",
+                        "gradient_clip_val": "optimizer.grad_clip"}
+
+
+def default_run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        raise ConfigError("run_dir is not set and Hydra is not running: pass run_dir=/some/dir") from None
+
+
+def _strategy(plan: Plan, hw: Any):
+    if plan.world_size == 1:
+        return "auto"
+    if "LOCAL_RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+        raise ConfigError(f"hardware={hw.name} runs {plan.world_size} processes: start them with torchrun "
+                          f"(torchrun --nnodes {plan.nodes} --nproc-per-node {plan.devices_per_node} -m hydralign "
+                          "...) or srun, one process per device; hydralign does not re-launch its own argv")
+    if plan.strategy in ("ddp", "auto"):
+        from lightning.pytorch.strategies import DDPStrategy
+
+        return DDPStrategy(process_group_backend=hw.process_backend)
+    raise ConfigError(f"hardware.strategy={plan.strategy} is not wired into training yet; use "
+                      "hardware.strategy=ddp")
+
+
+def build_trainer(cfg: Any, plan: Plan, run_dir: Path, logger: Any, callbacks: list):
+    import lightning as L
+
+    from hydralign.checkpoints import AtomicCheckpointIO
+
+    user = OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.trainer else {}
+    for key, owner in PLANNED_TRAINER_KEYS.items():
+        if key in user:
+            raise ConfigError(f"trainer.{key} is derived by hydralign; set {owner} instead")
+    for key in ("max_steps", "max_epochs"):
+        user.pop(key, None)  # the plan turned them into plan.total_steps
+    total_batches = plan.total_steps * plan.grad_accum
+    kwargs = dict(
+        accelerator=cfg.hardware.accelerator, devices=plan.devices_per_node, num_nodes=plan.nodes,
+        precision=plan.precision, strategy=_strategy(plan, cfg.hardware), max_steps=plan.total_steps,
+        max_epochs=1, accumulate_grad_batches=plan.grad_accum, gradient_clip_val=cfg.optimizer.grad_clip,
+        val_check_interval=min(plan.eval_every_n_steps * plan.grad_accum, total_batches),
+        check_val_every_n_epoch=None, num_sanity_val_steps=0, use_distributed_sampler=False,
+        logger=logger if logger is not None else False, callbacks=callbacks, default_root_dir=str(run_dir),
+        enable_model_summary=False, plugins=[AtomicCheckpointIO()],
+    )
+    kwargs.update(user)
+    return L.Trainer(**kwargs)
+
+
+def run(cfg: DictConfig) -> dict[str, float]:
+    """Train per the config; return the final metrics (``val/*`` of the last validation, ``best/*``)."""
+    started = time.time()
+    from hydralign.checkpoints import checkpoint_callbacks, export_hf, resolve_resume, write_json
+
+    run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    import lightning as L
+
+    from hydralign.data.module import PostTrainingData
+    from hydralign.data.templates import get_template
+    from hydralign.methods import method_class
+    from hydralign.models import build_model, build_tokenizer, load_weights
+    from hydralign.tracking import log_run_start, make_logger
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    template = get_template(cfg.model.chat_template)
+    tokenizer = build_tokenizer(cfg.model, template)
+    data = PostTrainingData(cfg, tokenizer, template)
+    data.load()
+    plan = make_plan(cfg, num_train_examples=len(data.train_examples))
+    data.plan = plan
+
+    best_cb, callbacks = checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints", plan.eval_every_n_steps)
+    id_file = run_dir / "mlflow_run_id"
+    run_id: Optional[str] = id_file.read_text().strip() if ckpt_path and id_file.is_file() else None
+    logger = make_logger(cfg, plan, run_dir, run_id=run_id)
+    trainer = build_trainer(cfg, plan, run_dir, logger, callbacks)
+
+    model = build_model(cfg.model, tokenizer, cfg.seed)
+    if cfg.init_from:
+        load_weights(model, cfg.init_from)
+    stop_ids = tokenizer.convert_tokens_to_ids(template.stop_tokens(tokenizer.eos_token))
+    module = method_class(plan.method)(model, tokenizer, plan, cfg, data.generation_examples, stop_ids)
+
+    if trainer.is_global_zero:
+        print(format_plan(plan, title=f"plan ({run_dir})"), flush=True)
+        print(data.summary(), flush=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        write_json(run_dir / "plan.json", plan.as_dict())
+        if logger is not None:
+            id_file.write_text(logger.run_id)
+            extra = {k: v for s, st in data.stats.items() for k, v in st.as_metrics(s).items()}
+            log_run_start(logger, cfg, plan, run_dir, extra)
+
+    status = "FAILED"
+    try:
+        if cfg.eval.at_start and ckpt_path is None:
+            trainer.validate(module, datamodule=data, verbose=False)
+        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        if module.last_val_step != trainer.global_step:
+            trainer.validate(module, datamodule=data, verbose=False)  # the final step is always scored
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+        if best_cb.best_model_score is not None:
+            metrics[f"best/{cfg.checkpoint.monitor}"] = float(best_cb.best_model_score)
+        metrics["train/steps"] = float(trainer.global_step)
+        if trainer.is_global_zero:
+            if cfg.checkpoint.export_hf:
+                export_hf(module.model, tokenizer, run_dir / "hf_model", stop_ids)
+            write_json(run_dir / "metrics.json", metrics)
+            if logger is not None:
+                logger.experiment.log_metric(logger.run_id, "time/run_seconds", time.time() - started)
+                if best_cb.best_model_path:
+                    logger.experiment.set_tag(logger.run_id, "best_checkpoint", best_cb.best_model_path)
+        status = "FINISHED"
+        return metrics
+    finally:
+        if logger is not None and trainer.is_global_zero:
+            logger.finalize(status="success" if status == "FINISHED" else "failed")
