@@ -49,7 +49,7 @@ def build_trainer(cfg: Any, plan: Plan, run_dir: Path, logger: Any, callbacks: l
 
     from hydralign.checkpoints import AtomicCheckpointIO
 
-    user = OmegaConf.to_container(cfg.trainer, resolve=True) if cfg.trainer else {}
+    user = {k: v for k, v in (OmegaConf.to_container(cfg.trainer, resolve=True) or {}).items() if v is not None}
     for key, owner in PLANNED_TRAINER_KEYS.items():
         if key in user:
             raise ConfigError(f"trainer.{key} is derived by hydralign; set {owner} instead")
@@ -69,8 +69,9 @@ def build_trainer(cfg: Any, plan: Plan, run_dir: Path, logger: Any, callbacks: l
     return L.Trainer(**kwargs)
 
 
-def run(cfg: DictConfig) -> dict[str, float]:
-    """Train per the config; return the final metrics (``val/*`` of the last validation, ``best/*``)."""
+def run(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
+    """Train per the config; return the final metrics (``val/*`` of the last validation, ``best/*``).
+    ``callbacks`` are added to the Trainer's (sweep pruning, tests)."""
     started = time.time()
     from hydralign.checkpoints import checkpoint_callbacks, export_hf, resolve_resume, write_json
 
@@ -94,11 +95,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     plan = make_plan(cfg, num_train_examples=len(data.train_examples))
     data.plan = plan
 
-    best_cb, callbacks = checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints", plan.eval_every_n_steps)
+    best_cb, ckpt_cbs = checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints", plan.eval_every_n_steps)
     id_file = run_dir / "mlflow_run_id"
     run_id: Optional[str] = id_file.read_text().strip() if ckpt_path and id_file.is_file() else None
     logger = make_logger(cfg, plan, run_dir, run_id=run_id)
-    trainer = build_trainer(cfg, plan, run_dir, logger, callbacks)
+    trainer = build_trainer(cfg, plan, run_dir, logger, ckpt_cbs + list(callbacks or []))
 
     model = build_model(cfg.model, tokenizer, cfg.seed)
     if cfg.init_from:

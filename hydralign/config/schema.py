@@ -100,6 +100,7 @@ class ArithmeticConfig:
     num_val: int = 500
     num_test: int = 500
     max_digits: int = 3
+    pad_operands: bool = True  # "007+042=": digits at fixed positions (much faster to learn)
     system_prompt: Optional[str] = None
 
 

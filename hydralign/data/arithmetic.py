@@ -1,7 +1,8 @@
 """The embedded synthetic task: ``a+b=`` answered with the digits of the sum reversed.
 
 Reversed digits let a left-to-right decoder emit the least significant digit first, so the carry
-is always known when a digit is written: a tiny model learns the task in minutes. Pairs are drawn
+is always known when a digit is written; zero-padded operands put every digit at a fixed position.
+Together they let a tiny model learn the task in minutes. Pairs are drawn
 without repetition from one seeded stream and cut into disjoint train/val/test splits.
 """
 
@@ -15,7 +16,7 @@ def answer(a: int, b: int) -> str:
 
 
 def make_splits(seed: int, num_train: int, num_val: int, num_test: int, max_digits: int,
-                system_prompt: str | None = None) -> dict[str, list[dict]]:
+                system_prompt: str | None = None, pad_operands: bool = True) -> dict[str, list[dict]]:
     """Return ``{"train": [...], "val": [...], "test": [...]}`` of chat records."""
     bound = 10**max_digits
     total = num_train + num_val + num_test
@@ -32,7 +33,9 @@ def make_splits(seed: int, num_train: int, num_val: int, num_test: int, max_digi
             pairs.append(pair)
 
     def record(a: int, b: int) -> dict:
-        messages = [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": answer(a, b)}]
+        width = max_digits if pad_operands else 0
+        messages = [{"role": "user", "content": f"{a:0{width}d}+{b:0{width}d}="},
+                    {"role": "assistant", "content": answer(a, b)}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})
         return {"messages": messages}

@@ -22,7 +22,8 @@ def load_conversations(cfg: Any) -> dict[str, list[list[dict]]]:
     dcfg = cfg.data
     if dcfg.source == "arithmetic":
         a = dcfg.arithmetic
-        splits = make_splits(cfg.seed, a.num_train, a.num_val, a.num_test, a.max_digits, a.system_prompt)
+        splits = make_splits(cfg.seed, a.num_train, a.num_val, a.num_test, a.max_digits, a.system_prompt,
+                             a.pad_operands)
         return {k: [r["messages"] for r in v] for k, v in splits.items()}
     fields = readers.Fields(dcfg.messages_field, dcfg.prompt_field, dcfg.completion_field)
 

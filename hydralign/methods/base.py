@@ -28,6 +28,7 @@ class PostTrainingModule(L.LightningModule):
         self._val_sums = torch.zeros(2, dtype=torch.float64)
         self.last_val: dict[str, float] = {}
         self.last_val_step = -1
+        self.last_window_loss = torch.zeros(())  # mean token loss of the last optimizer step
 
     # --- the one method-specific piece -------------------------------------------------------
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,6 +45,7 @@ class PostTrainingModule(L.LightningModule):
                      sync_dist=self.plan.world_size > 1, reduce_fx="sum")
             self.log("train/epoch", float(batch["epoch"]), on_step=True, on_epoch=False)
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
+            self.last_window_loss = self._window_loss
             self._window_loss = torch.zeros((), device=share.device)
         # Lightning divides every micro-batch loss by grad_accum and DDP/FSDP average gradients
         # over the world: undo both, so the step's gradient is d(window sum / window tokens).

@@ -1,0 +1,64 @@
+"""Every YAML under conf/ composes with the schema; every hardware preset and card plans."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from hydralign.plan import make_plan
+from tests.conftest import CONF, compose_cfg
+
+GROUP_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.parent != CONF)
+
+
+def _override(path) -> str:
+    group = path.parent.relative_to(CONF).as_posix()
+    return f"{group}={path.stem}"
+
+
+@pytest.mark.parametrize("path", GROUP_FILES, ids=lambda p: p.relative_to(CONF).as_posix())
+def test_every_yaml_composes(path):
+    overrides = [_override(path)]
+    if path.parent.name == "data" and path.stem == "jsonl":
+        overrides.append("data.train_files=[/tmp/x.jsonl]")
+    cfg = compose_cfg(overrides)
+    assert cfg.lr > 0 and cfg.model.name and cfg.method.name
+
+
+def test_top_level_yaml_covered():
+    assert (CONF / "config.yaml").is_file()
+    groups = {p.parent.name for p in GROUP_FILES}
+    assert {"model", "method", "optimizer", "schedule", "hardware", "batch", "data", "logger", "eval",
+            "experiment"} <= groups
+
+
+@pytest.mark.parametrize("hw", sorted(p.stem for p in (CONF / "hardware").glob("*.yaml")))
+def test_every_hardware_preset_plans(hw):
+    plan = make_plan(compose_cfg([f"hardware={hw}", "batch.effective=64"]))
+    assert plan.world_size == plan.nodes * plan.devices_per_node
+    assert plan.effective_batch == plan.world_size * plan.micro_batch * plan.grad_accum == 64
+
+
+@pytest.mark.parametrize("card", sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")))
+def test_every_experiment_card_plans(card):
+    text = (CONF / "experiment" / f"{card}.yaml").read_text().splitlines()
+    assert text[0] == "# @package _global_"
+    assert text[1].startswith(f"# python -m hydralign experiment={card}"), "cards start with their command"
+    plan = make_plan(compose_cfg([f"experiment={card}"]))
+    assert plan.total_steps and plan.total_steps > 0
+
+
+def test_typo_fails_at_composition():
+    with pytest.raises((ConfigCompositionException, ConfigKeyError)) as err:
+        compose_cfg(["optimizer.lrr=0.1"])
+    assert "lrr" in str(err.value) or "lrr" in str(err.value.__cause__)
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises((ConfigCompositionException, ValidationError)):
+        compose_cfg(["batch.micro=eight"])
+
+
+def test_lr_is_interpolated_into_optimizer():
+    assert compose_cfg(["lr=5e-7"]).optimizer.lr == pytest.approx(5e-7)

@@ -1,0 +1,174 @@
+"""Readers, chat templates, tokenization, the synthetic task and the window schedule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hydralign.data import readers
+from hydralign.data.arithmetic import answer, make_splits
+from hydralign.data.batching import WindowSchedule
+from hydralign.data.templates import CHATML, TULU
+from hydralign.data.tokenize import IGNORE, encode, generation_examples
+from hydralign.errors import DataError
+from hydralign.models import char_tokenizer
+
+FIELDS = readers.Fields()
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+2="},
+        {"role": "assistant", "content": "3"}]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+def test_arithmetic_is_deterministic_disjoint_and_reversed():
+    a = make_splits(seed=3, num_train=300, num_val=50, num_test=50, max_digits=2)
+    b = make_splits(seed=3, num_train=300, num_val=50, num_test=50, max_digits=2)
+    assert a == b
+    prompts = {k: {r["messages"][0]["content"] for r in v} for k, v in a.items()}
+    assert not prompts["train"] & prompts["val"] and not prompts["train"] & prompts["test"]
+    assert not prompts["val"] & prompts["test"]
+    assert len(prompts["train"]) == 300  # no duplicates within a split either
+    assert answer(864, 394) == "8521"
+    first = a["train"][0]["messages"]
+    x, y = first[0]["content"].rstrip("=").split("+")
+    assert len(x) == len(y) == 2 and first[1]["content"] == str(int(x) + int(y))[::-1]
+    assert make_splits(seed=4, num_train=300, num_val=50, num_test=50, max_digits=2) != a
+
+
+def test_chatml_render_and_mask(tok):
+    examples, stats = encode(tok, CHATML, [CHAT], max_len=512, overlong="truncate")
+    ex = examples[0]
+    text = tok.decode(ex.input_ids)
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+2=<|im_end|>\n"
+                    "<|im_start|>assistant\n3<|im_end|>\n")
+    trained = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE])
+    assert trained == "3<|im_end|>"
+    assert ex.num_loss_tokens == 2 and stats.kept == 1
+
+
+def test_tulu_render_and_mask(tok):
+    ex = encode(tok, TULU, [CHAT[1:]], max_len=512, overlong="truncate")[0][0]
+    assert ex.input_ids[0] == tok.bos_token_id
+    assert tok.decode(ex.input_ids[1:]) == "<|user|>\n1+2=\n<|assistant|>\n3</s>\n"
+    assert tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != IGNORE]) == "3</s>"
+
+
+def test_train_on_all_tokens(tok):
+    ex = encode(tok, CHATML, [CHAT], max_len=512, overlong="truncate", train_on_all=True)[0][0]
+    assert all(lab != IGNORE for lab in ex.labels)
+
+
+def test_overlong_truncate_drop_and_counts(tok):
+    long = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "x" * 100}]
+    short = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "y"}]
+    huge_prompt = [{"role": "user", "content": "p" * 200}, {"role": "assistant", "content": "z"}]
+    kept, stats = encode(tok, CHATML, [long, short, huge_prompt], max_len=40, overlong="truncate")
+    assert [len(e.input_ids) for e in kept] == [40, len(kept[1].input_ids)]
+    assert (stats.truncated, stats.dropped_no_target, stats.kept) == (2, 1, 2)
+    kept, stats = encode(tok, CHATML, [long, short, huge_prompt], max_len=40, overlong="drop")
+    assert (stats.dropped_overlong, stats.kept) == (2, 1)
+    assert stats.as_metrics("train")["data/train_dropped_overlong"] == 2.0
+
+
+def test_generation_prompt_and_fewshot(tok):
+    [g] = generation_examples(tok, CHATML, [CHAT])
+    assert tok.decode(g.prompt_ids).endswith("1+2=<|im_end|>\n<|im_start|>assistant\n") and g.reference == "3"
+    shot = [{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}]
+    [g] = generation_examples(tok, CHATML, [CHAT], fewshot=[shot])
+    text = tok.decode(g.prompt_ids)
+    assert text.startswith("<|im_start|>system\nBe brief.") and "2+2=<|im_end|>" in text
+    assert text.index("2+2=") < text.index("1+2=")
+
+
+def _write(path, lines):
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_jsonl_messages_and_prompt_completion(tmp_path):
+    path = _write(tmp_path / "d.jsonl", [json.dumps({"messages": CHAT}), "",
+                                         json.dumps({"prompt": "hi", "completion": "there"})])
+    records = readers.read_files([str(path)])
+    convs = [readers.to_messages(r, o, FIELDS) for r, o in records]
+    assert convs[0] == CHAT
+    assert convs[1] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "there"}]
+    assert records[1][1] == f"{path}:3"
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    path = _write(tmp_path / "bad.jsonl", [json.dumps({"messages": CHAT}), '{"messages": [}'])
+    with pytest.raises(DataError, match=rf"{path}:2: malformed JSON"):
+        readers.read_files([str(path)])
+
+
+def test_malformed_json_file_names_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n {"prompt": "a", "completion": "b"},\n {"prompt": oops}\n]')
+    with pytest.raises(DataError, match=rf"{path}:3: malformed JSON"):
+        readers.read_files([str(path)])
+
+
+def test_missing_field_names_field_and_found(tmp_path):
+    path = _write(tmp_path / "d.jsonl", [json.dumps({"prompt": "a", "answer": "b"})])
+    [(rec, origin)] = readers.read_files([str(path)])
+    with pytest.raises(DataError, match=r"d.jsonl:1: missing field 'completion'; fields found: \['answer', 'prompt'\]"):
+        readers.to_messages(rec, origin, FIELDS)
+    with pytest.raises(DataError, match=r"neither 'messages' nor 'prompt'/'completion'; fields found: \['text'\]"):
+        readers.to_messages({"text": "x"}, "f:1", FIELDS)
+    custom = readers.Fields(prompt="question", completion="answer")
+    assert readers.to_messages({"question": "q", "answer": "a"}, "f:1", custom)[1]["content"] == "a"
+
+
+def test_bad_messages_are_reported():
+    with pytest.raises(DataError, match=r"f:7: messages\[0\] has role 'bot'"):
+        readers.to_messages({"messages": [{"role": "bot", "content": "x"}]}, "f:7", FIELDS)
+    with pytest.raises(DataError, match="no assistant turn"):
+        readers.to_messages({"messages": [{"role": "user", "content": "x"}]}, "f:7", FIELDS)
+
+
+def test_parquet_and_missing_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.Table.from_pylist([{"prompt": "a", "completion": "b"}] * 3), path)
+    records = readers.read_files([str(path)])
+    assert len(records) == 3 and records[2][1] == f"{path}: row 2"
+    with pytest.raises(DataError, match="does not exist"):
+        readers.read_files([str(tmp_path / "nope.jsonl")])
+    with pytest.raises(DataError, match="unsupported extension"):
+        readers.read_files([str(_write(tmp_path / "d.csv", ["a,b"]))])
+
+
+def test_hub_reader_on_a_local_dataset_dir(tmp_path):
+    """read_hub is datasets.load_dataset for real: here on a local directory of JSON Lines."""
+    folder = tmp_path / "myset"
+    folder.mkdir()
+    _write(folder / "train.jsonl", [json.dumps({"messages": CHAT})] * 5)
+    records = readers.read_hub(str(folder), None, "train")
+    assert len(records) == 5 and readers.to_messages(*records[0], FIELDS) == CHAT
+
+
+@pytest.mark.parametrize("world, micro", [(1, 8), (2, 4), (4, 1), (2, 2)])
+def test_window_schedule_partitions_each_step(world, micro):
+    tokens = [1 + (i % 5) for i in range(40)]
+    effective = 8
+    scheds = [WindowSchedule(tokens, effective, micro, world, r, seed=1) for r in range(world)]
+    accum = scheds[0].grad_accum
+    for step in range(2 * 40 // effective):  # two epochs
+        seen, totals = [], set()
+        for s in scheds:
+            for k in range(accum):
+                members, window_tokens, last, _ = s.micro_batch(step * accum + k)
+                assert len(members) == micro and last == (k == accum - 1)
+                seen += members
+                totals.add(window_tokens)
+        assert len(seen) == effective == len(set(seen))
+        assert totals == {sum(tokens[i] for i in seen)}  # every rank agrees on the window's tokens
+    epoch0 = [i for step in range(5) for i in scheds[0].window(step).tolist()]
+    assert sorted(epoch0) == list(range(40))  # each example once per epoch
+    assert scheds[0].window(5).tolist() != scheds[0].window(0).tolist()  # reshuffled next epoch
