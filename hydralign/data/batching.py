@@ -93,7 +93,8 @@ class TrainMicroBatches(Dataset):
 
 class ResumableSequentialSampler(Sampler[int]):
     """start, start+1, ..., length-1; ``start`` is read when iteration begins, so a resumed run
-    continues with the micro-batch after the last completed optimizer step."""
+    continues with the micro-batch after the last completed optimizer step. ``len`` stays the full
+    length: Lightning restores its own batch counter and counts the skipped part as done."""
 
     def __init__(self, length: int, start_fn: Optional[callable] = None):
         self.length, self.start_fn = length, start_fn or (lambda: 0)
@@ -102,7 +103,7 @@ class ResumableSequentialSampler(Sampler[int]):
         return iter(range(min(self.start_fn(), self.length), self.length))
 
     def __len__(self) -> int:
-        return self.length - min(self.start_fn(), self.length)
+        return self.length
 
 
 class EvalBatches(Dataset):

@@ -1,0 +1,48 @@
+"""The entry command as users type it (subprocesses, no training)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def hydralign(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "hydralign", *args], capture_output=True, text=True,
+                          cwd=cwd or REPO, timeout=120)
+
+
+def test_multirun_dry_run_prints_one_plan_per_job(tmp_path):
+    out = hydralign("hardware=4x8xA100", "-m", "lr=1e-5,1e-4", "dry_run=true",
+                    f"hydra.sweep.dir={tmp_path}/sweep")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("== job ") == 2
+    assert out.stdout.count("world_size                32") == 2
+    assert "grad_accum (derived)" in out.stdout and "effective_batch           32 = 32 x 1 x 1" in out.stdout
+    assert "lr / schedule             1e-05 / cosine" in out.stdout
+    assert "lr / schedule             0.0001 / cosine" in out.stdout
+
+
+def test_cluster_preset_on_this_machine_says_what_it_needs(tmp_path):
+    out = hydralign("hardware=4x8xA100", "-m", "lr=5e-7,5e-6", f"hydra.sweep.dir={tmp_path}/sweep")
+    assert out.returncode == 2
+    assert "hardware=4x8xA100 needs 4 node(s) x 8 GPU(s) = world_size 32" in out.stderr
+    assert "dry_run=true" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_config_error_exit_code_and_message(tmp_path):
+    out = hydralign("hardware=8xA100", "batch.effective=100", "batch.micro=2", "dry_run=true",
+                    f"hydra.run.dir={tmp_path}/run")
+    assert out.returncode == 2
+    assert "batch.effective=100 is not divisible by world_size 8 x batch.micro 2 = 16" in out.stderr
+
+
+def test_hydra_tools_work(tmp_path):
+    job = hydralign("--cfg", "job", "experiment=deepseek_llm_7b_sft")
+    assert job.returncode == 0 and "name_or_path: deepseek-ai/deepseek-llm-7b-base" in job.stdout
+    assert "weight_decay: 0.1" in job.stdout and "max_epochs: 4" in job.stdout
+    info = hydralign("--info", "defaults")
+    assert info.returncode == 0 and "hardware/cpu" in info.stdout
+    typo = hydralign("optimizer.lrr=1", "dry_run=true")
+    assert typo.returncode != 0 and "lrr" in typo.stderr

@@ -1,0 +1,52 @@
+"""An interrupted run resumes from its last checkpoint and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from hydralign.train import run
+from tests.conftest import tiny_cfg
+
+COMMON = ["trainer.max_steps=12", "eval.every_n_steps=4", "checkpoint.every_n_steps=4", "logger=none",
+          "eval.num_generate=8", "checkpoint.export_hf=false", "batch.effective=8", "batch.micro=4"]
+
+
+class Crash(Callback):
+    def __init__(self, at_step: int):
+        self.at_step = at_step
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if trainer.global_step == self.at_step:
+            raise RuntimeError("simulated node failure")
+
+
+class Steps(Callback):
+    def __init__(self):
+        self.losses: dict[int, float] = {}
+
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        self.losses[trainer.global_step] = float(module.last_window_loss)
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path):
+    ref_steps = Steps()
+    ref = run(tiny_cfg(tmp_path / "a", COMMON), callbacks=[ref_steps])
+
+    crashed = tiny_cfg(tmp_path / "b", COMMON)
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        run(crashed, callbacks=[Crash(at_step=6)])
+    run_dir = tmp_path / "b" / "run"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4
+
+    resumed_steps = Steps()
+    again = tiny_cfg(tmp_path / "c", COMMON + [f"resume={run_dir}"])
+    out = run(again, callbacks=[resumed_steps])
+    assert sorted(resumed_steps.losses) == list(range(4, 12))  # continues after step 4, not from 0
+    for step, loss in resumed_steps.losses.items():
+        assert loss == pytest.approx(ref_steps.losses[step], abs=1e-5), step
+    assert out["val/loss"] == pytest.approx(ref["val/loss"], abs=1e-5)
+    assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 12
