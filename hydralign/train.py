@@ -128,6 +128,8 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         if best_cb.best_model_score is not None:
             metrics[f"best/{cfg.checkpoint.monitor}"] = float(best_cb.best_model_score)
         metrics["train/steps"] = float(trainer.global_step)
+        if cfg.checkpoint.save_last:  # the periodic "last" may be older than the final step
+            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
         if trainer.is_global_zero:
             if cfg.checkpoint.export_hf:
                 export_hf(module.model, tokenizer, run_dir / "hf_model", stop_ids)

@@ -45,6 +45,8 @@ class PostTrainingModule(L.LightningModule):
                      sync_dist=self.plan.world_size > 1, reduce_fx="sum")
             self.log("train/epoch", float(batch["epoch"]), on_step=True, on_epoch=False)
             self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
+            # x-axis = optimizer steps completed once this one is applied (Lightning reads "step")
+            self.log("step", float(self.global_step + 1), on_step=True, on_epoch=False)
             self.last_window_loss = self._window_loss
             self._window_loss = torch.zeros((), device=share.device)
         # Lightning divides every micro-batch loss by grad_accum and DDP/FSDP average gradients
@@ -87,7 +89,7 @@ class PostTrainingModule(L.LightningModule):
         if n:
             metrics.update({"val/exact_match": em / n, "val/exact_match_flex": flex / n,
                             "val/repetition_rate": rep / n})
-        self.log_dict(metrics, on_step=False, on_epoch=True)
+        self.log_dict({**metrics, "step": float(self.global_step)}, on_step=False, on_epoch=True)
         self.last_val, self.last_val_step = metrics, self.global_step
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
