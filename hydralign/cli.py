@@ -40,18 +40,35 @@ def task(cfg: DictConfig) -> Optional[float]:
     from hydralign.hardware import check_machine
     from hydralign.plan import format_plan, make_plan
 
-    try:
+    try:  # config errors stop everything, in a multirun too: every job would fail the same way
         plan = make_plan(cfg)
         if cfg.dry_run:
             print(format_plan(plan, title=_job_title()), flush=True)
             return None
         check_machine(plan, cfg.hardware.name)
-        from hydralign.train import run
-
-        return run(cfg)
-    except (ConfigError, DataError) as err:
+    except ConfigError as err:
         print(f"hydralign: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    from hydralign.train import objective, run
+
+    try:
+        metrics = run(cfg)
+    except (ConfigError, DataError) as err:
+        print(f"hydralign: {err}", file=sys.stderr, flush=True)
+        if _in_multirun():
+            raise  # this job fails; the sweep goes on with the others
+        sys.exit(2)
+    return objective(metrics, cfg.optimized_metric) if cfg.optimized_metric else None
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
 
 
 _FLAGS = ("-m", "--multirun")

@@ -21,10 +21,20 @@ def tracking_uri(configured: Optional[str]) -> str:
     """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the SQLite store outputs/mlflow.db (absolute)."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        if uri.startswith("sqlite:///") and "timeout=" not in uri:
+            uri += ("&" if "?" in uri else "?") + "timeout=60"
         return uri
     path = (Path.cwd() / DEFAULT_STORE).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}"
+    return f"sqlite:///{path}?timeout=60"  # sqlite3 waits up to 60 s for a lock held by a parallel job
+
+
+def artifact_location(uri: str) -> Optional[str]:
+    """Artifacts of a SQLite store live beside it (``<store dir>/mlartifacts``), not in ./mlruns."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):].split("?")[0])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, str]:
@@ -69,6 +79,26 @@ def run_params(cfg: Any, plan: Plan) -> dict[str, str]:
     return params
 
 
+def job_number() -> Optional[int]:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        num = HydraConfig.get().job.get("num", None)
+    except ValueError:
+        return None
+    return int(num) if num is not None else None
+
+
+def finish(logger, state: str, error: Optional[str] = None) -> None:
+    """Close the run: MLflow status from the trial state (COMPLETE, PRUNED, FAIL), tagged as well."""
+    client, run_id = logger.experiment, logger.run_id
+    retry_locked(client.set_tag, run_id, "trial_state", state)
+    if error:
+        retry_locked(client.set_tag, run_id, "error", error[:5000])
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+    retry_locked(client.set_terminated, run_id, status)
+
+
 def make_logger(cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str] = None):
     """Lightning's MLFlowLogger on the explicit URI, or None for logger=none."""
     if cfg.logger.name == "none":
@@ -79,12 +109,18 @@ def make_logger(cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str] = Non
     tags = {"git_commit": git_commit(), "config_hash": config_hash(resolved), "method": plan.method,
             "model": plan.model, "hardware": cfg.hardware.name, "run_dir": str(run_dir)}
     tags.update({k: str(v) for k, v in (cfg.logger.tags or {}).items()})
-    sweep_id = os.environ.get("HYDRALIGN_SWEEP_ID")
-    if sweep_id:
-        tags["sweep_id"] = sweep_id
+    parent = os.environ.get("HYDRALIGN_PARENT_RUN_ID")  # set by hydralign.sweep_tracking in a multirun
+    if parent:
+        tags.update({"mlflow.parentRunId": parent, "sweep_id": os.environ.get("HYDRALIGN_SWEEP_ID", "")})
+        job = job_number()
+        if job is not None:
+            tags["job_num"] = str(job)
+    if cfg.sweep.trial_number is not None:
+        tags["trial_number"] = str(cfg.sweep.trial_number)
+    uri = tracking_uri(cfg.logger.tracking_uri)
     return MLFlowLogger(experiment_name=cfg.logger.experiment_name, run_name=cfg.logger.run_name,
-                        tracking_uri=tracking_uri(cfg.logger.tracking_uri), tags=tags, run_id=run_id,
-                        synchronous=True)
+                        tracking_uri=uri, tags=tags, run_id=run_id, synchronous=True,
+                        artifact_location=artifact_location(uri))
 
 
 def log_run_start(logger, cfg: Any, plan: Plan, run_dir: Path, extra_metrics: dict[str, float]) -> None:

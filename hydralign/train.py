@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -69,23 +70,58 @@ def build_trainer(cfg: Any, plan: Plan, run_dir: Path, logger: Any, callbacks: l
     return L.Trainer(**kwargs)
 
 
+def objective(metrics: dict[str, float], name: str) -> float:
+    """The value a sweep optimizes; a name no run logs fails loudly with the names it did log."""
+    if name not in metrics:
+        raise KeyError(f"optimized_metric={name} was not logged by this run; logged: {sorted(metrics)}")
+    return metrics[name]
+
+
 def run(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     """Train per the config; return the final metrics (``val/*`` of the last validation, ``best/*``).
-    ``callbacks`` are added to the Trainer's (sweep pruning, tests)."""
+    ``callbacks`` are added to the Trainer's (tests, benchmarks)."""
     started = time.time()
-    from hydralign.checkpoints import checkpoint_callbacks, export_hf, resolve_resume, write_json
+    from hydralign.checkpoints import resolve_resume
+    from hydralign.tracking import finish, make_logger
 
     run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
+    id_file = run_dir / "mlflow_run_id"
+    run_id: Optional[str] = id_file.read_text().strip() if ckpt_path and id_file.is_file() else None
+    # The MLflow run exists from the start, so a job that fails while loading data is a FAILED run.
+    logger = make_logger(cfg, make_plan(cfg), run_dir, run_id=run_id)
+    if logger is not None:
+        id_file.write_text(logger.run_id)
+    state, error = "FAIL", None
+    try:
+        metrics, pruned_at = _train(cfg, run_dir, ckpt_path, logger, list(callbacks or []), started)
+        state = "PRUNED" if pruned_at is not None else "COMPLETE"
+        if pruned_at is not None:  # the sweeper records the trial as PRUNED
+            import optuna
 
+            raise optuna.TrialPruned(f"trial {cfg.sweep.trial_number} pruned at step {pruned_at}")
+        return metrics
+    except BaseException as err:
+        if state == "PRUNED":
+            raise
+        error = "".join(traceback.format_exception_only(type(err), err)).strip()
+        raise
+    finally:
+        if logger is not None and int(os.environ.get("RANK", "0")) == 0:
+            finish(logger, state, error)
+
+
+def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: Any, callbacks: list,
+           started: float) -> tuple[dict[str, float], Optional[int]]:
     import lightning as L
 
+    from hydralign.checkpoints import checkpoint_callbacks, export_hf, write_json
     from hydralign.data.module import PostTrainingData
     from hydralign.data.templates import get_template
     from hydralign.methods import method_class
     from hydralign.models import build_model, build_tokenizer, load_weights
-    from hydralign.tracking import log_run_start, make_logger
+    from hydralign.tracking import log_run_start
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     template = get_template(cfg.model.chat_template)
@@ -96,10 +132,13 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     data.plan = plan
 
     best_cb, ckpt_cbs = checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints", plan.eval_every_n_steps)
-    id_file = run_dir / "mlflow_run_id"
-    run_id: Optional[str] = id_file.read_text().strip() if ckpt_path and id_file.is_file() else None
-    logger = make_logger(cfg, plan, run_dir, run_id=run_id)
-    trainer = build_trainer(cfg, plan, run_dir, logger, ckpt_cbs + list(callbacks or []))
+    pruning = None
+    if cfg.sweep.study_file and cfg.sweep.trial_id is not None:
+        from hydralign.pruning import OptunaPruning
+
+        pruning = OptunaPruning(cfg.sweep.study_file, cfg.sweep.trial_id, cfg.optimized_metric)
+        callbacks.append(pruning)
+    trainer = build_trainer(cfg, plan, run_dir, logger, ckpt_cbs + callbacks)
 
     model = build_model(cfg.model, tokenizer, cfg.seed)
     if cfg.init_from:
@@ -113,33 +152,27 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / "plan.json", plan.as_dict())
         if logger is not None:
-            id_file.write_text(logger.run_id)
             extra = {k: v for s, st in data.stats.items() for k, v in st.as_metrics(s).items()}
             log_run_start(logger, cfg, plan, run_dir, extra)
 
-    status = "FAILED"
-    try:
-        if cfg.eval.at_start and ckpt_path is None:
-            trainer.validate(module, datamodule=data, verbose=False)
-        trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
-        if module.last_val_step != trainer.global_step:
-            trainer.validate(module, datamodule=data, verbose=False)  # the final step is always scored
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
-        if best_cb.best_model_score is not None:
-            metrics[f"best/{cfg.checkpoint.monitor}"] = float(best_cb.best_model_score)
-        metrics["train/steps"] = float(trainer.global_step)
-        if cfg.checkpoint.save_last:  # the periodic "last" may be older than the final step
-            trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
-        if trainer.is_global_zero:
-            if cfg.checkpoint.export_hf:
-                export_hf(module.model, tokenizer, run_dir / "hf_model", stop_ids)
-            write_json(run_dir / "metrics.json", metrics)
-            if logger is not None:
-                logger.experiment.log_metric(logger.run_id, "time/run_seconds", time.time() - started)
-                if best_cb.best_model_path:
-                    logger.experiment.set_tag(logger.run_id, "best_checkpoint", best_cb.best_model_path)
-        status = "FINISHED"
-        return metrics
-    finally:
-        if logger is not None and trainer.is_global_zero:
-            logger.finalize(status="success" if status == "FINISHED" else "failed")
+    if cfg.eval.at_start and ckpt_path is None:
+        trainer.validate(module, datamodule=data, verbose=False)
+    trainer.fit(module, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    pruned_at = pruning.pruned_at if pruning else None
+    if module.last_val_step != trainer.global_step and pruned_at is None:
+        trainer.validate(module, datamodule=data, verbose=False)  # the final step is always scored
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+    if best_cb.best_model_score is not None:
+        metrics[f"best/{cfg.checkpoint.monitor}"] = float(best_cb.best_model_score)
+    metrics["train/steps"] = float(trainer.global_step)
+    if cfg.checkpoint.save_last:  # the periodic "last" may be older than the final step
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    if trainer.is_global_zero:
+        if cfg.checkpoint.export_hf and pruned_at is None:
+            export_hf(module.model, tokenizer, run_dir / "hf_model", stop_ids)
+        write_json(run_dir / "metrics.json", metrics)
+        if logger is not None:
+            logger.experiment.log_metric(logger.run_id, "time/run_seconds", time.time() - started)
+            if best_cb.best_model_path:
+                logger.experiment.set_tag(logger.run_id, "best_checkpoint", best_cb.best_model_path)
+    return metrics, pruned_at

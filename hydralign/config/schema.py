@@ -158,6 +158,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Set by hydralign's Optuna sweeper for each trial it launches; empty in a plain run."""
+
+    study_file: Optional[str] = None  # <sweep dir>/study.json: storage, study name, pruner, direction
+    trial_id: Optional[int] = None  # Optuna's storage id of this job's trial
+    trial_number: Optional[int] = None
+
+
+@dataclass
 class Config:
     lr: float = 1e-3
     seed: int = 0
@@ -176,6 +185,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     # Passed through to lightning.Trainer. trainer.max_steps or trainer.max_epochs sets the length
     # of training; the plan turns epochs into optimizer steps.
     trainer: dict[str, Any] = field(default_factory=dict)

@@ -41,12 +41,14 @@ class PostTrainingModule(L.LightningModule):
         share = loss_sum / batch["window_tokens"]  # this micro-batch's part of the window mean
         self._window_loss = self._window_loss.to(share.device) + share.detach()
         if batch["window_last"]:
-            self.log("train/loss", self._window_loss, on_step=True, on_epoch=False, prog_bar=True,
-                     sync_dist=self.plan.world_size > 1, reduce_fx="sum")
-            self.log("train/epoch", float(batch["epoch"]), on_step=True, on_epoch=False)
-            self.log("train/lr", self.lr_schedulers().get_last_lr()[0], on_step=True, on_epoch=False)
-            # x-axis = optimizer steps completed once this one is applied (Lightning reads "step")
-            self.log("step", float(self.global_step + 1), on_step=True, on_epoch=False)
+            done = self.global_step + 1  # optimizer steps completed once this one is applied
+            if done % self.trainer.log_every_n_steps == 0:  # only when Lightning writes the logs
+                self.log("train/loss", self._window_loss, on_step=True, on_epoch=False, prog_bar=True,
+                         sync_dist=self.plan.world_size > 1, reduce_fx="sum")
+                self.log_dict({"train/epoch": float(batch["epoch"]),
+                               "train/lr": self.lr_schedulers().get_last_lr()[0],
+                               "step": float(done)},  # Lightning uses "step" as the x-axis
+                              on_step=True, on_epoch=False)
             self.last_window_loss = self._window_loss
             self._window_loss = torch.zeros((), device=share.device)
         # Lightning divides every micro-batch loss by grad_accum and DDP/FSDP average gradients

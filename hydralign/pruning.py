@@ -1,0 +1,36 @@
+"""Step-based Optuna pruning for a sweep's job: report the objective at every validation, let the
+study's pruner decide on rank 0, and stop every rank together."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from lightning.pytorch.callbacks import Callback
+
+from hydralign.optuna_study import load_trial
+
+
+class OptunaPruning(Callback):
+    def __init__(self, study_file: str, trial_id: int, monitor: str):
+        self.study_file, self.trial_id, self.monitor = study_file, trial_id, monitor
+        self.trial = None
+        self.pruned_at: Optional[int] = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if trainer.is_global_zero and self.trial is None:
+            self.trial, _ = load_trial(self.study_file, self.trial_id)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return  # the step-0 score before training is not a pruning point
+        prune = False
+        if trainer.is_global_zero:
+            value = trainer.callback_metrics.get(self.monitor)
+            if value is None:
+                raise KeyError(f"optimized_metric={self.monitor} was not logged at validation; logged: "
+                               f"{sorted(trainer.callback_metrics)}")
+            self.trial.report(float(value), step=trainer.global_step)
+            prune = self.trial.should_prune()
+        if trainer.strategy.broadcast(prune, src=0):
+            self.pruned_at = trainer.global_step
+            trainer.should_stop = True

@@ -1,0 +1,75 @@
+"""One MLflow parent run per multirun (any sweeper); every job becomes its child.
+
+A Hydra callback: ``on_multirun_start`` creates the store, the experiment and the parent run before
+any job starts (no schema-migration race between parallel jobs), and hands the parent's id to the
+jobs through ``HYDRALIGN_PARENT_RUN_ID`` (never ``MLFLOW_RUN_ID``: that would make every job write
+into the parent, mlflow #15713). ``on_multirun_end`` logs the sweep's results and closes the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+PARENT_ENV, SWEEP_ID_ENV = "HYDRALIGN_PARENT_RUN_ID", "HYDRALIGN_SWEEP_ID"
+SWEEP_FILE = "sweep.json"  # in the sweep folder: store URI, experiment, parent run id
+
+
+def _tracked(config: DictConfig) -> bool:
+    return not config.get("dry_run", False) and config.logger.name == "mlflow"
+
+
+class SweepTracking(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not _tracked(config):
+            return
+        from mlflow.tracking import MlflowClient
+
+        from hydralign.tracking import artifact_location, retry_locked, tracking_uri
+
+        uri = tracking_uri(config.logger.tracking_uri)
+        client = MlflowClient(tracking_uri=uri)
+        exp = retry_locked(client.get_experiment_by_name, config.logger.experiment_name)
+        exp_id = exp.experiment_id if exp else retry_locked(
+            client.create_experiment, config.logger.experiment_name, artifact_location=artifact_location(uri))
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        sweep_id = f"{sweep_dir.parent.name}_{sweep_dir.name}_{uuid.uuid4().hex[:6]}"
+        sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default="?")
+        space = OmegaConf.to_container(OmegaConf.select(config, "hydra.sweeper.params", default={}) or {})
+        swept = [o for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
+        parent = retry_locked(client.create_run, exp_id, run_name=f"sweep {sweep_id}", tags={
+            "sweep_id": sweep_id, "sweeper": sweeper.rsplit(".", 1)[-1], "sweep_dir": str(sweep_dir),
+            "search_space": json.dumps({**space, "command_line_overrides": swept}),
+            "command_line": " ".join(["python -m hydralign"] + sys.argv[1:]), "is_sweep_parent": "true"})
+        os.environ[PARENT_ENV], os.environ[SWEEP_ID_ENV] = parent.info.run_id, sweep_id
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(
+            {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent.info.run_id,
+             "sweep_id": sweep_id}, indent=2))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        parent_id = os.environ.pop(PARENT_ENV, None)
+        os.environ.pop(SWEEP_ID_ENV, None)
+        if not parent_id or not _tracked(config):
+            return
+        from mlflow.tracking import MlflowClient
+
+        from hydralign.tracking import retry_locked, tracking_uri
+
+        client = MlflowClient(tracking_uri=tracking_uri(config.logger.tracking_uri))
+        results = Path(config.hydra.sweep.dir).resolve() / "optimization_results.yaml"
+        if results.is_file():
+            retry_locked(client.log_artifact, parent_id, str(results))
+            best = OmegaConf.load(results)
+            if "best_value" in best:
+                retry_locked(client.log_metric, parent_id, "best_value", float(best.best_value))
+                for k, v in best.best_params.items():
+                    retry_locked(client.set_tag, parent_id, f"best.{k}", str(v))
+        retry_locked(client.set_terminated, parent_id, "FINISHED")
