@@ -42,7 +42,8 @@ class SweepTracking(Callback):
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         sweep_id = f"{sweep_dir.parent.name}_{sweep_dir.name}_{uuid.uuid4().hex[:6]}"
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default="?")
-        space = OmegaConf.to_container(OmegaConf.select(config, "hydra.sweeper.params", default={}) or {})
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+        space = OmegaConf.to_container(params) if params is not None else {}
         swept = [o for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
         parent = retry_locked(client.create_run, exp_id, run_name=f"sweep {sweep_id}", tags={
             "sweep_id": sweep_id, "sweeper": sweeper.rsplit(".", 1)[-1], "sweep_dir": str(sweep_dir),

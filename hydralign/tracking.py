@@ -70,13 +70,30 @@ def retry_locked(fn, *args, attempts: int = 20, **kwargs):
             time.sleep(0.05 * (i + 1))
 
 
-def run_params(cfg: Any, plan: Plan) -> dict[str, str]:
+def config_params(cfg: Any, plan: Plan) -> dict[str, str]:
+    """Known before any data is read: the flattened resolved config and the batch sizes."""
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params.update({"effective_batch": str(plan.effective_batch), "grad_accum": str(plan.grad_accum),
-                   "world_size": str(plan.world_size), "micro_batch": str(plan.micro_batch),
-                   "total_steps": str(plan.total_steps), "warmup_steps": str(plan.warmup_steps),
-                   "max_tokens_per_step": str(plan.max_tokens_per_step)})
+                   "world_size": str(plan.world_size), "micro_batch": str(plan.micro_batch)})
     return params
+
+
+def data_params(plan: Plan) -> dict[str, str]:
+    """Known once the data is loaded (steps come from its size)."""
+    return {"total_steps": str(plan.total_steps), "warmup_steps": str(plan.warmup_steps),
+            "max_tokens_per_step": str(plan.max_tokens_per_step),
+            "num_train_examples": str(plan.num_train_examples)}
+
+
+def log_params(logger, params: dict[str, str]) -> None:
+    """Log params not logged yet (a resumed run keeps its first values)."""
+    from mlflow.entities import Param
+
+    client, run_id = logger.experiment, logger.run_id
+    existing = retry_locked(client.get_run, run_id).data.params
+    batch = [Param(k, v[:6000]) for k, v in params.items() if k not in existing]
+    for i in range(0, len(batch), 100):
+        retry_locked(client.log_batch, run_id, params=batch[i:i + 100])
 
 
 def job_number() -> Optional[int]:
@@ -123,15 +140,12 @@ def make_logger(cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str] = Non
                         artifact_location=artifact_location(uri))
 
 
-def log_run_start(logger, cfg: Any, plan: Plan, run_dir: Path, extra_metrics: dict[str, float]) -> None:
-    """Params (flattened resolved config + plan numbers), the config and plan as artifacts."""
-    from mlflow.entities import Metric, Param
+def log_run_start(logger, plan: Plan, run_dir: Path, extra_metrics: dict[str, float]) -> None:
+    """After the data is loaded: the data-derived params and counts, the config and plan as artifacts."""
+    from mlflow.entities import Metric
 
     client, run_id = logger.experiment, logger.run_id
-    existing = client.get_run(run_id).data.params
-    params = [Param(k, v[:6000]) for k, v in run_params(cfg, plan).items() if k not in existing]
-    for i in range(0, len(params), 100):
-        retry_locked(client.log_batch, run_id, params=params[i:i + 100])
+    log_params(logger, data_params(plan))
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, 0) for k, v in extra_metrics.items()]
     if metrics:

@@ -82,7 +82,7 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     ``callbacks`` are added to the Trainer's (tests, benchmarks)."""
     started = time.time()
     from hydralign.checkpoints import resolve_resume
-    from hydralign.tracking import finish, make_logger
+    from hydralign.tracking import config_params, finish, log_params, make_logger
 
     run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
     run_dir = run_dir.resolve()
@@ -90,9 +90,11 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     id_file = run_dir / "mlflow_run_id"
     run_id: Optional[str] = id_file.read_text().strip() if ckpt_path and id_file.is_file() else None
     # The MLflow run exists from the start, so a job that fails while loading data is a FAILED run.
-    logger = make_logger(cfg, make_plan(cfg), run_dir, run_id=run_id)
-    if logger is not None:
+    config_plan = make_plan(cfg)
+    logger = make_logger(cfg, config_plan, run_dir, run_id=run_id)
+    if logger is not None and int(os.environ.get("RANK", "0")) == 0:
         id_file.write_text(logger.run_id)
+        log_params(logger, config_params(cfg, config_plan))
     state, error = "FAIL", None
     try:
         metrics, pruned_at = _train(cfg, run_dir, ckpt_path, logger, list(callbacks or []), started)
@@ -153,7 +155,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
         write_json(run_dir / "plan.json", plan.as_dict())
         if logger is not None:
             extra = {k: v for s, st in data.stats.items() for k, v in st.as_metrics(s).items()}
-            log_run_start(logger, cfg, plan, run_dir, extra)
+            log_run_start(logger, plan, run_dir, extra)
 
     if cfg.eval.at_start and ckpt_path is None:
         trainer.validate(module, datamodule=data, verbose=False)
@@ -166,7 +168,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
         metrics[f"best/{cfg.checkpoint.monitor}"] = float(best_cb.best_model_score)
     metrics["train/steps"] = float(trainer.global_step)
     if cfg.checkpoint.save_last:  # the periodic "last" may be older than the final step
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     if trainer.is_global_zero:
         if cfg.checkpoint.export_hf and pruned_at is None:
             export_hf(module.model, tokenizer, run_dir / "hf_model", stop_ids)

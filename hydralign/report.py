@@ -1,0 +1,245 @@
+"""``python -m hydralign.report <sweep folder | parent run id>``: compare a sweep's runs.
+
+One row per cell (the overrides that differ between runs; seeds pooled): mean +- std of the chosen
+metrics over finished runs, the step of the best validation score, run ids, failed and pruned
+counts. Writes ``report.csv``, ``curves.png`` (one curve per cell, mean over seeds) and
+``<metric>_vs_<param>.png`` for numeric parameters, then prints the MLflow UI command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+# Params that never define a cell: seeds are pooled; the rest is bookkeeping or derived by the plan.
+POOLED = {"seed", "run_dir", "resume", "init_from", "grad_accum", "micro_batch", "total_steps", "warmup_steps",
+          "max_tokens_per_step", "effective_batch", "world_size"}
+POOLED_PREFIXES = ("sweep.", "logger.")
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    status: str  # FINISHED | FAILED | KILLED | RUNNING
+    state: str  # COMPLETE | PRUNED | FAIL | ?
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass
+class Cell:
+    key: tuple[tuple[str, str], ...]
+    runs: list[RunRow] = field(default_factory=list)
+
+    @property
+    def finished(self) -> list[RunRow]:
+        return [r for r in self.runs if r.state == "COMPLETE" or (r.state == "?" and r.status == "FINISHED")]
+
+
+def differing_params(runs: list[RunRow]) -> list[str]:
+    keys = sorted({k for r in runs for k in r.params}, key=lambda k: (k.count("."), k))
+    out, seen = [], set()
+    for k in keys:
+        if k in POOLED or k.startswith(POOLED_PREFIXES):
+            continue
+        column = tuple(r.params.get(k) for r in runs)
+        if len(set(column)) > 1 and column not in seen:  # an interpolated twin (optimizer.lr = lr) adds nothing
+            out.append(k)
+            seen.add(column)
+    return out
+
+
+def group_cells(runs: list[RunRow]) -> tuple[list[str], list[Cell]]:
+    keys = differing_params(runs)
+    cells: dict[tuple, Cell] = {}
+    for r in runs:
+        key = tuple((k, r.params.get(k, "")) for k in keys)
+        cells.setdefault(key, Cell(key)).runs.append(r)
+    return keys, sorted(cells.values(), key=lambda c: [_sortable(v) for _, v in c.key])
+
+
+def _sortable(v: str):
+    try:
+        return (0, float(v), "")
+    except ValueError:
+        return (1, 0.0, v)
+
+
+def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def fmt(mean: Optional[float], std: Optional[float]) -> str:
+    return "-" if mean is None else f"{mean:.4f} +- {std:.4f}"
+
+
+def best_step(history: list[tuple[int, float]], maximize: bool) -> Optional[int]:
+    if not history:
+        return None
+    pick = max if maximize else min
+    return pick(history, key=lambda sv: (sv[1], -sv[0]) if maximize else (sv[1], sv[0]))[0]
+
+
+def table(keys: list[str], cells: list[Cell], metrics: list[str], best: dict[str, Optional[float]]) -> list[dict]:
+    rows = []
+    for cell in cells:
+        row: dict[str, object] = {k: v for k, v in cell.key}
+        for m in metrics:
+            mean, std = mean_std([r.metrics[m] for r in cell.finished if m in r.metrics])
+            row[m] = fmt(mean, std)
+            row[f"{m} mean"], row[f"{m} std"] = mean, std
+        row["best step"] = best.get(cell.key)
+        row["runs"] = len(cell.runs)
+        row["failed"] = sum(r.state == "FAIL" or r.status == "FAILED" for r in cell.runs)
+        row["pruned"] = sum(r.state == "PRUNED" for r in cell.runs)
+        row["run ids"] = " ".join(r.run_id[:8] for r in cell.runs)
+        rows.append(row)
+    return rows
+
+
+def render(rows: list[dict], columns: list[str]) -> str:
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns), "  ".join("-" * widths[c] for c in columns)]
+    lines += ["  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(lines)
+
+
+def resolve(target: str, tracking_uri: Optional[str]) -> tuple[str, str, Path]:
+    """(tracking URI, parent run id, output folder) from a sweep folder or a parent run id."""
+    path = Path(target)
+    if path.is_dir():
+        info_file = path / "sweep.json"
+        if not info_file.is_file():
+            raise SystemExit(f"{path} has no sweep.json: it is not a tracked sweep folder (logger=none or "
+                             "dry_run?); pass a parent run id with --tracking-uri instead")
+        info = json.loads(info_file.read_text())
+        return tracking_uri or info["tracking_uri"], info["parent_run_id"], path
+    from hydralign.tracking import tracking_uri as default_uri
+
+    return default_uri(tracking_uri), target, Path("outputs") / "reports" / target
+
+
+def fetch(uri: str, parent_id: str, metric_keys: list[str]) -> tuple[list[RunRow], dict[str, list]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    parent = client.get_run(parent_id)
+    found = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                               max_results=50000)
+    runs, histories = [], {}
+    for r in found:
+        runs.append(RunRow(r.info.run_id, r.info.status, r.data.tags.get("trial_state", "?"), dict(r.data.params),
+                           dict(r.data.metrics)))
+        for key in metric_keys:
+            hist = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)
+            histories[(r.info.run_id, key)] = [(m.step, m.value) for m in hist]
+    return runs, histories
+
+
+def plot(out_dir: Path, keys: list[str], cells: list[Cell], histories: dict, curve_key: str,
+         metric: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for cell in cells:
+        per_step: dict[int, list[float]] = defaultdict(list)
+        for r in cell.runs:
+            for step, value in histories.get((r.run_id, curve_key), []):
+                per_step[step].append(value)
+        if per_step:
+            steps = sorted(per_step)
+            label = ", ".join(f"{k}={v}" for k, v in cell.key) or "all runs"
+            ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], marker=".", label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"{curve_key} (mean over seeds)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    path = out_dir / "curves.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+    for k in keys:
+        points = [(float(r.params[k]), r.metrics[metric]) for c in cells for r in c.finished
+                  if metric in r.metrics and _sortable(r.params.get(k, "x"))[0] == 0]
+        if len(points) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.scatter([p[0] for p in points], [p[1] for p in points])
+        xs = [p[0] for p in points]
+        if min(xs) > 0 and max(xs) / min(xs) > 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(k)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        path = out_dir / f"{metric.replace('/', '_')}_vs_{k.replace('/', '_')}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hydralign.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("target", help="a sweep folder (outputs/multiruns/...) or an MLflow parent run id")
+    ap.add_argument("--tracking-uri", default=None, help="MLflow store (default: the sweep's, or outputs/mlflow.db)")
+    ap.add_argument("--metrics", default="val/exact_match,val/exact_match_flex,val/loss",
+                    help="comma-separated final metrics to compare")
+    ap.add_argument("--curve", default="val/loss", help="metric drawn per cell in curves.png")
+    ap.add_argument("--minimize", action="store_true", help="the first metric is better when lower")
+    ap.add_argument("--out", default=None, help="folder for report.csv and the plots (default: the sweep folder)")
+    args = ap.parse_args(argv)
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    uri, parent_id, out_dir = resolve(args.target, args.tracking_uri)
+    out_dir = Path(args.out) if args.out else out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs, histories = fetch(uri, parent_id, sorted({metrics[0], args.curve}))
+    if not runs:
+        print(f"no child runs under parent run {parent_id} in {uri}", file=sys.stderr)
+        return 1
+    keys, cells = group_cells(runs)
+    maximize = not args.minimize
+    best = {}
+    for cell in cells:
+        steps = [best_step(histories.get((r.run_id, metrics[0]), []), maximize) for r in cell.finished]
+        steps = [s for s in steps if s is not None]
+        best[cell.key] = statistics.median(steps) if steps else None
+    rows = table(keys, cells, metrics, best)
+    columns = keys + metrics + ["best step", "runs", "failed", "pruned", "run ids"]
+    print(f"sweep parent run {parent_id}: {len(runs)} runs in {len(cells)} cell(s); cells differ in: "
+          f"{', '.join(keys) or '(nothing)'}; seeds pooled")
+    print(render(rows, columns))
+    csv_path = out_dir / "report.csv"
+    csv_cols = keys + [c for m in metrics for c in (f"{m} mean", f"{m} std")] + ["best step", "runs", "failed",
+                                                                               "pruned", "run ids"]
+    with open(csv_path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=csv_cols, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if row.get(k) is None or (isinstance(row.get(k), float) and math.isnan(row[k]))
+                                 else row.get(k)) for k in csv_cols})
+    written = [csv_path] + plot(out_dir, keys, cells, histories, args.curve, metrics[0])
+    print("wrote: " + ", ".join(str(p) for p in written))
+    store = uri.split("?")[0]
+    print(f"side by side in the MLflow UI:\n  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000\n"
+          f"  then open http://127.0.0.1:5000 and expand parent run {parent_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
