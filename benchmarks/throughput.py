@@ -79,6 +79,7 @@ def bare(cfg, plan, build, examples, pad_id) -> list[float]:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss_sum, _ = token_nll_sum(logits, batch["labels"])
         (loss_sum / batch["window_tokens"]).backward()
+        del logits, loss_sum  # free the logits before the next forward, as a returning function would
         if batch["window_last"]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), ocfg.grad_clip)
             opt.step()

@@ -7,6 +7,7 @@ errors and dry runs return in about a second.
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -37,6 +38,7 @@ def _job_title() -> str:
 
 
 def task(cfg: DictConfig) -> Optional[float]:
+    started = time.time()
     from hydralign.hardware import check_machine
     from hydralign.plan import format_plan, make_plan
 
@@ -52,7 +54,7 @@ def task(cfg: DictConfig) -> Optional[float]:
     from hydralign.train import objective, run
 
     try:
-        metrics = run(cfg)
+        metrics = run(cfg, started=started)
     except (ConfigError, DataError) as err:
         print(f"hydralign: {err}", file=sys.stderr, flush=True)
         if _in_multirun():

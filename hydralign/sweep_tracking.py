@@ -8,6 +8,7 @@ into the parent, mlflow #15713). ``on_multirun_end`` logs the sweep's results an
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -24,6 +25,16 @@ SWEEP_FILE = "sweep.json"  # in the sweep folder: store URI, experiment, parent 
 
 def _tracked(config: DictConfig) -> bool:
     return not config.get("dry_run", False) and config.logger.name == "mlflow"
+
+
+def _close_if_open(uri: str, parent_id: str) -> None:
+    if os.environ.get(PARENT_ENV) != parent_id:
+        return  # on_multirun_end closed it
+    from mlflow.tracking import MlflowClient
+
+    from hydralign.tracking import retry_locked
+
+    retry_locked(MlflowClient(tracking_uri=uri).set_terminated, parent_id, "FAILED")
 
 
 class SweepTracking(Callback):
@@ -50,6 +61,9 @@ class SweepTracking(Callback):
             "search_space": json.dumps({**space, "command_line_overrides": swept}),
             "command_line": " ".join(["python -m hydralign"] + sys.argv[1:]), "is_sweep_parent": "true"})
         os.environ[PARENT_ENV], os.environ[SWEEP_ID_ENV] = parent.info.run_id, sweep_id
+        # Hydra skips on_multirun_end when the sweep raises (a failed job, too many failed trials):
+        # the parent run is then closed as FAILED at exit instead of staying RUNNING forever.
+        atexit.register(_close_if_open, uri, parent.info.run_id)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(
             {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent.info.run_id,

@@ -77,10 +77,11 @@ def objective(metrics: dict[str, float], name: str) -> float:
     return metrics[name]
 
 
-def run(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
+def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[float] = None) -> dict[str, float]:
     """Train per the config; return the final metrics (``val/*`` of the last validation, ``best/*``).
-    ``callbacks`` are added to the Trainer's (tests, benchmarks)."""
-    started = time.time()
+    ``callbacks`` are added to the Trainer's (tests, benchmarks); ``started`` is when the job began
+    (default: now), the origin of ``time/startup_seconds`` (job start to first training step)."""
+    started = started or time.time()
     from hydralign.checkpoints import resolve_resume
     from hydralign.tracking import config_params, finish, log_params, make_logger
 
@@ -118,6 +119,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
            started: float) -> tuple[dict[str, float], Optional[int]]:
     import lightning as L
 
+    from hydralign.callbacks import StartupTimer
     from hydralign.checkpoints import checkpoint_callbacks, export_hf, write_json
     from hydralign.data.module import PostTrainingData
     from hydralign.data.templates import get_template
@@ -140,7 +142,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
 
         pruning = OptunaPruning(cfg.sweep.study_file, cfg.sweep.trial_id, cfg.optimized_metric)
         callbacks.append(pruning)
-    trainer = build_trainer(cfg, plan, run_dir, logger, ckpt_cbs + callbacks)
+    trainer = build_trainer(cfg, plan, run_dir, logger, ckpt_cbs + callbacks + [StartupTimer(started)])
 
     model = build_model(cfg.model, tokenizer, cfg.seed)
     if cfg.init_from:

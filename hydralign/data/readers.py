@@ -99,10 +99,7 @@ def _as_turns(value: Any, role: str, origin: str, field: str) -> list[dict]:
     if isinstance(value, str):
         return [{"role": role, "content": value}]
     if isinstance(value, list):
-        for i, msg in enumerate(value):
-            if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
-                raise DataError(f"{origin}: {field}[{i}] needs 'role' and 'content'")
-        return [{"role": m["role"], "content": m["content"]} for m in value]
+        return list(value)  # conversational prompt/completion; checked with the whole conversation
     raise DataError(f"{origin}: field '{field}' must be a string or a list of messages, "
                     f"found {type(value).__name__}")
 

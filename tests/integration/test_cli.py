@@ -46,3 +46,13 @@ def test_hydra_tools_work(tmp_path):
     assert info.returncode == 0 and "hardware/cpu" in info.stdout
     typo = hydralign("optimizer.lrr=1", "dry_run=true")
     assert typo.returncode != 0 and "lrr" in typo.stderr
+
+
+def test_tab_completion_lists_group_options():
+    import os
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "hydralign"  # console script installed with the package
+    out = subprocess.run([str(script), "-sc", "query=bash"], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "COMP_LINE": "hydralign hardware="})
+    assert "hardware=4x8xA100" in out.stdout.split() and "hardware=cpu_2proc" in out.stdout.split()

@@ -122,7 +122,8 @@ def test_failed_job_does_not_stop_the_others(tmp_path):
     out, sweep_dir = sweep(tmp_path, "data.max_seq_len=3,64", "trainer.max_steps=4", "eval.every_n_steps=2")
     assert out.returncode != 0  # the sweep reports the failure at the end...
     assert "no train example survived tokenization" in out.stderr
-    _, _, runs = children(sweep_dir)
+    client, info, runs = children(sweep_dir)
+    assert client.get_run(info["parent_run_id"]).info.status == "FAILED"  # closed, not left RUNNING
     by_len = {r.data.params["data.max_seq_len"]: r for r in runs}
     assert by_len["3"].info.status == "FAILED" and by_len["3"].data.tags["trial_state"] == "FAIL"
     assert "no train example survived" in by_len["3"].data.tags["error"]

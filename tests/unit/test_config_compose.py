@@ -62,3 +62,21 @@ def test_wrong_type_fails_at_composition():
 
 def test_lr_is_interpolated_into_optimizer():
     assert compose_cfg(["lr=5e-7"]).optimizer.lr == pytest.approx(5e-7)
+
+
+SWEEPS = sorted(p.stem for p in (CONF.parent / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SWEEPS)
+def test_every_sweep_file_composes_and_starts_with_its_command(name):
+    from tests.conftest import REPO
+
+    lines = (REPO / "sweeps" / f"{name}.yaml").read_text().splitlines()
+    assert lines[0] == "# @package _global_"
+    assert lines[1].startswith(f"# python -m hydralign +sweeps={name} -m")
+    cfg = compose_cfg([f"+sweeps={name}"])
+    make_plan(cfg)
+
+
+def test_required_sweeps_exist():
+    assert {"eff_batch_32_vs_128", "lr_search"} <= set(SWEEPS)

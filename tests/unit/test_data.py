@@ -172,3 +172,23 @@ def test_window_schedule_partitions_each_step(world, micro):
     epoch0 = [i for step in range(5) for i in scheds[0].window(step).tolist()]
     assert sorted(epoch0) == list(range(40))  # each example once per epoch
     assert scheds[0].window(5).tolist() != scheds[0].window(0).tolist()  # reshuffled next epoch
+
+
+def test_empty_data_set_is_an_error(tmp_path, make_cfg):
+    from hydralign.data.module import load_conversations
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    cfg = make_cfg(["data=jsonl", f"data.train_files=[{empty}]"])
+    with pytest.raises(DataError, match=r"the train \(.*empty.jsonl\) data set is empty"):
+        load_conversations(cfg)
+
+
+def test_val_fraction_split_is_disjoint(tmp_path, make_cfg):
+    from hydralign.data.module import load_conversations
+
+    path = _write(tmp_path / "d.jsonl", [json.dumps({"prompt": f"q{i}", "completion": "a"}) for i in range(50)])
+    cfg = make_cfg(["data=jsonl", f"data.train_files=[{path}]", "data.val_fraction=0.2"])
+    convs = load_conversations(cfg)
+    prompts = {k: {c[0]["content"] for c in v} for k, v in convs.items()}
+    assert len(prompts["val"]) == 10 and len(prompts["train"]) == 40 and not prompts["val"] & prompts["train"]

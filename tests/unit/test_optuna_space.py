@@ -48,3 +48,46 @@ def test_grid_needs_discrete_space():
     assert grid_of({"a": CategoricalDistribution([1, 2]), "b": IntDistribution(0, 4, step=2)}) == {
         "a": [1, 2], "b": [0, 2, 4]}
     assert grid_of({"lr": FloatDistribution(1e-4, 1e-2, log=True)}) is None
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "cmaes"])
+def test_samplers_optimize(name):
+    import optuna
+
+    from hydralign.optuna_study import make_sampler
+
+    study = optuna.create_study(sampler=make_sampler(name, seed=0, kwargs={}), direction="minimize")
+    study.optimize(lambda t: (t.suggest_float("x", -1, 1) - 0.3) ** 2, n_trials=12)
+    assert len(study.trials) == 12 and study.best_value < 0.5
+
+
+def test_grid_sampler_covers_the_grid():
+    import optuna
+
+    from hydralign.optuna_study import make_sampler
+
+    study = optuna.create_study(sampler=make_sampler("grid", 0, {}, grid={"a": [1, 2], "b": ["x", "y"]}))
+    study.optimize(lambda t: t.suggest_categorical("a", [1, 2]) + len(t.suggest_categorical("b", ["x", "y"])),
+                   n_trials=4)
+    assert {(t.params["a"], t.params["b"]) for t in study.trials} == {(1, "x"), (1, "y"), (2, "x"), (2, "y")}
+
+
+def test_journal_storage_default_and_urls(tmp_path):
+    import optuna
+
+    from hydralign.optuna_study import make_pruner, make_storage
+
+    journal = make_storage(str(tmp_path / "s.journal"))
+    assert isinstance(journal, optuna.storages.JournalStorage)
+    assert make_storage("sqlite:///x.db") == "sqlite:///x.db"
+    assert isinstance(make_pruner("successive_halving"), optuna.pruners.SuccessiveHalvingPruner)
+    with pytest.raises(ValueError, match="choose one of"):
+        make_pruner("bogus")
+
+
+def test_objective_fails_loudly_with_logged_names():
+    from hydralign.train import objective
+
+    assert objective({"val/loss": 0.5}, "val/loss") == 0.5
+    with pytest.raises(KeyError, match=r"optimized_metric=val/acc was not logged.*\['val/loss'\]"):
+        objective({"val/loss": 0.5}, "val/acc")
