@@ -47,7 +47,7 @@ def task(cfg: DictConfig) -> Optional[float]:
         if cfg.dry_run:
             print(format_plan(plan, title=_job_title()), flush=True)
             return None
-        check_machine(plan, cfg.hardware.name)
+        check_machine(cfg.hardware)
     except ConfigError as err:
         print(f"hydralign: {err}", file=sys.stderr, flush=True)
         sys.exit(2)

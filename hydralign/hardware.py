@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Any
 
 from hydralign.errors import ConfigError
-from hydralign.plan import Plan
 
 
 def visible_gpus() -> int:
@@ -34,24 +34,24 @@ def launched_nodes() -> int:
     return 1
 
 
-def requirement(plan: Plan) -> str:
-    what = "GPU" if plan.accelerator == "gpu" else "CPU process"
-    return (f"{plan.nodes} node(s) x {plan.devices_per_node} {what}(s) = world_size {plan.world_size}, "
-            f"strategy {plan.strategy}, precision {plan.precision}")
+def requirement(hw: Any) -> str:
+    what = "GPU" if hw.accelerator == "gpu" else "CPU process"
+    return (f"{hw.nodes} node(s) x {hw.devices_per_node} {what}(s) = world_size {hw.nodes * hw.devices_per_node}, "
+            f"strategy {hw.strategy}, precision {hw.precision}")
 
 
-def check_machine(plan: Plan, hardware_name: str) -> None:
-    """Raise ConfigError naming what the preset needs and what this machine has."""
-    if plan.accelerator == "gpu":
+def check_machine(hw: Any) -> None:
+    """Raise ConfigError naming what the ``hardware`` preset needs and what this machine has."""
+    if hw.accelerator == "gpu":
         have = visible_gpus()
-        if have < plan.devices_per_node:
+        if have < hw.devices_per_node:
             raise ConfigError(
-                f"hardware={hardware_name} needs {requirement(plan)}; this machine has {have} visible "
-                f"GPU(s). Run it on a machine with {plan.devices_per_node} GPU(s) per node, "
+                f"hardware={hw.name} needs {requirement(hw)}; this machine has {have} visible "
+                f"GPU(s). Run it on a machine with {hw.devices_per_node} GPU(s) per node, "
                 f"use hardware=cpu (or cpu_2proc) here, or add dry_run=true to print the plan only.")
-    if plan.nodes > 1 and launched_nodes() != plan.nodes:
+    if hw.nodes > 1 and launched_nodes() != hw.nodes:
         raise ConfigError(
-            f"hardware={hardware_name} needs {requirement(plan)}; this process was launched on "
+            f"hardware={hw.name} needs {requirement(hw)}; this process was launched on "
             f"{launched_nodes()} node(s). Start it once per node under SLURM (srun, one task per GPU) or "
-            f"torchrun --nnodes {plan.nodes} --nproc-per-node {plan.devices_per_node}; "
+            f"torchrun --nnodes {hw.nodes} --nproc-per-node {hw.devices_per_node}; "
             "add dry_run=true to print the plan only.")

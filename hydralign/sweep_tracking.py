@@ -39,6 +39,16 @@ def _close_if_open(uri: str, parent_id: str) -> None:
 
 class SweepTracking(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.get("dry_run", False):
+            return
+        from hydralign.errors import ConfigError
+        from hydralign.hardware import check_machine
+
+        try:  # a preset this machine cannot run fails every job alike: say so before anything starts
+            check_machine(config.hardware)
+        except ConfigError as err:
+            print(f"hydralign: {err}", file=sys.stderr, flush=True)
+            sys.exit(2)
         if not _tracked(config):
             return
         from mlflow.tracking import MlflowClient

@@ -70,6 +70,11 @@ def build_trainer(cfg: Any, plan: Plan, run_dir: Path, logger: Any, callbacks: l
     return L.Trainer(**kwargs)
 
 
+def _rank_zero() -> bool:
+    """Before the Trainer exists: torchrun / SLURM export the process rank."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
 def objective(metrics: dict[str, float], name: str) -> float:
     """The value a sweep optimizes; a name no run logs fails loudly with the names it did log."""
     if name not in metrics:
@@ -93,26 +98,24 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     # The MLflow run exists from the start, so a job that fails while loading data is a FAILED run.
     config_plan = make_plan(cfg)
     logger = make_logger(cfg, config_plan, run_dir, run_id=run_id)
-    if logger is not None and int(os.environ.get("RANK", "0")) == 0:
+    if logger is not None and _rank_zero():
         id_file.write_text(logger.run_id)
         log_params(logger, config_params(cfg, config_plan))
     state, error = "FAIL", None
     try:
         metrics, pruned_at = _train(cfg, run_dir, ckpt_path, logger, list(callbacks or []), started)
-        state = "PRUNED" if pruned_at is not None else "COMPLETE"
-        if pruned_at is not None:  # the sweeper records the trial as PRUNED
-            import optuna
-
-            raise optuna.TrialPruned(f"trial {cfg.sweep.trial_number} pruned at step {pruned_at}")
-        return metrics
+        state = "COMPLETE" if pruned_at is None else "PRUNED"
     except BaseException as err:
-        if state == "PRUNED":
-            raise
         error = "".join(traceback.format_exception_only(type(err), err)).strip()
         raise
     finally:
-        if logger is not None and int(os.environ.get("RANK", "0")) == 0:
+        if logger is not None and _rank_zero():
             finish(logger, state, error)
+    if pruned_at is not None:  # the sweeper records the trial as PRUNED
+        import optuna
+
+        raise optuna.TrialPruned(f"trial {cfg.sweep.trial_number} pruned at step {pruned_at}")
+    return metrics
 
 
 def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: Any, callbacks: list,
