@@ -192,6 +192,12 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
             raise ConfigError(f"schedule.milestones={ms} must be increasing fractions in (0, 1), one per "
                               f"schedule.factors={fs}")
 
+    generated = ("val/exact_match", "val/exact_match_flex", "val/repetition_rate")
+    if int(_get(cfg, "eval.num_generate", 1)) == 0:
+        for key in ("checkpoint.monitor", "optimized_metric"):
+            if _get(cfg, key) in generated:
+                raise ConfigError(f"{key}={_get(cfg, key)} comes from generation, but eval.num_generate=0; "
+                                  f"set {key}=val/loss or eval.num_generate > 0")
     every = int(_get(cfg, "eval.every_n_steps", 100))
     if every < 1:
         raise ConfigError(f"eval.every_n_steps={every} must be >= 1")

@@ -26,8 +26,7 @@ class PostTrainingModule(L.LightningModule):
         self.stop_token_ids = stop_token_ids
         self._window_loss = torch.zeros(())
         self._val_sums = torch.zeros(2, dtype=torch.float64)
-        self.last_val: dict[str, float] = {}
-        self.last_val_step = -1
+        self.last_val_step = -1  # global step of the latest validation
         self.last_window_loss = torch.zeros(())  # mean token loss of the last optimizer step
 
     # --- the one method-specific piece -------------------------------------------------------
@@ -92,7 +91,7 @@ class PostTrainingModule(L.LightningModule):
             metrics.update({"val/exact_match": em / n, "val/exact_match_flex": flex / n,
                             "val/repetition_rate": rep / n})
         self.log_dict({**metrics, "step": float(self.global_step)}, on_step=False, on_epoch=True)
-        self.last_val, self.last_val_step = metrics, self.global_step
+        self.last_val_step = self.global_step
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             print(f"[step {self.global_step}] {shown}", flush=True)

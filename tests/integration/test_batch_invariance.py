@@ -31,6 +31,7 @@ def _train(make_cfg, micro: int, steps: int) -> Recorder:
         "data.arithmetic.pad_operands=false", "data.arithmetic.num_train=256", "eval.at_start=false",
         "eval.every_n_steps=1000", "eval.num_generate=0", "checkpoint.export_hf=false",
         "checkpoint.save_last=false", "checkpoint.monitor=val/loss", "checkpoint.mode=min",
+        "optimized_metric=val/loss",
         "schedule=constant", "lr=3e-3",
     ])
     rec = Recorder()

@@ -76,6 +76,7 @@ def test_unknown_size_leaves_steps_open():
         (["hardware=cpu", "hardware.precision=16-mixed"], "needs a GPU"),
         (["data.arithmetic.num_train=10"], "fewer than one optimizer step"),
         (["lr=0"], "must be > 0"),
+        (["eval.num_generate=0"], "checkpoint.monitor=val/exact_match comes from generation"),
         (["schedule=multistep", "schedule.milestones=[0.9,0.8]", "schedule.warmup_steps=0"], "increasing"),
     ],
 )
