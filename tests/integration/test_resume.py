@@ -50,3 +50,25 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
         assert loss == pytest.approx(ref_steps.losses[step], abs=1e-5), step
     assert out["val/loss"] == pytest.approx(ref["val/loss"], abs=1e-5)
     assert json.loads((run_dir / "metrics.json").read_text())["train/steps"] == 12
+
+
+def test_resume_continues_the_same_mlflow_run(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    with_mlflow = [c for c in COMMON if c != "logger=none"]
+    cfg = tiny_cfg(tmp_path / "b", with_mlflow)
+    with pytest.raises(RuntimeError, match="simulated node failure"):
+        run(cfg, callbacks=[Crash(at_step=6)])
+    run_dir = tmp_path / "b" / "run"
+    run_id = (run_dir / "mlflow_run_id").read_text()
+    client = MlflowClient(tracking_uri=cfg.logger.tracking_uri)
+    failed = client.get_run(run_id)
+    assert failed.info.status == "FAILED" and "simulated node failure" in failed.data.tags["error"]
+
+    again = tiny_cfg(tmp_path / "b", with_mlflow + [f"resume={run_dir}"])
+    run(again)
+    assert (run_dir / "mlflow_run_id").read_text() == run_id
+    done = client.get_run(run_id)
+    assert done.info.status == "FINISHED" and done.data.tags["trial_state"] == "COMPLETE"
+    steps = [m.step for m in client.get_metric_history(run_id, "val/loss")]
+    assert steps == [0, 4, 8, 12]  # before the crash, then after resuming, in one run
