@@ -65,7 +65,7 @@ class SweepTracking(Callback):
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default="?")
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
         space = OmegaConf.to_container(params) if params is not None else {}
-        swept = [o for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
+        swept = list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
         parent = retry_locked(client.create_run, exp_id, run_name=f"sweep {sweep_id}", tags={
             "sweep_id": sweep_id, "sweeper": sweeper.rsplit(".", 1)[-1], "sweep_dir": str(sweep_dir),
             "search_space": json.dumps({**space, "command_line_overrides": swept}),

@@ -18,15 +18,16 @@ DEFAULT_STORE = Path("outputs") / "mlflow.db"
 
 
 def tracking_uri(configured: Optional[str]) -> str:
-    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the SQLite store outputs/mlflow.db (absolute)."""
+    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the SQLite store outputs/mlflow.db (absolute).
+    SQLite URIs get ``timeout=60``: sqlite3 then waits for a lock held by a parallel job."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        if uri.startswith("sqlite:///") and "timeout=" not in uri:
-            uri += ("&" if "?" in uri else "?") + "timeout=60"
-        return uri
-    path = (Path.cwd() / DEFAULT_STORE).resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{path}?timeout=60"  # sqlite3 waits up to 60 s for a lock held by a parallel job
+    if not uri:
+        path = (Path.cwd() / DEFAULT_STORE).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        uri = f"sqlite:///{path}"
+    if uri.startswith("sqlite:///") and "timeout=" not in uri:
+        uri += ("&" if "?" in uri else "?") + "timeout=60"
+    return uri
 
 
 def artifact_location(uri: str) -> Optional[str]:
