@@ -59,7 +59,8 @@ class SweepTracking(Callback):
         client = MlflowClient(tracking_uri=uri)
         exp = retry_locked(client.get_experiment_by_name, config.logger.experiment_name)
         exp_id = exp.experiment_id if exp else retry_locked(
-            client.create_experiment, config.logger.experiment_name, artifact_location=artifact_location(uri))
+            client.create_experiment, config.logger.experiment_name,
+            artifact_location=artifact_location(uri, config.logger.experiment_name))
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         sweep_id = f"{sweep_dir.parent.name}_{sweep_dir.name}_{uuid.uuid4().hex[:6]}"
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default="?")

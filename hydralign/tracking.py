@@ -30,11 +30,12 @@ def tracking_uri(configured: Optional[str]) -> str:
     return uri
 
 
-def artifact_location(uri: str) -> Optional[str]:
-    """Artifacts of a SQLite store live beside it (``<store dir>/mlartifacts``), not in ./mlruns."""
+def artifact_location(uri: str, experiment: str) -> Optional[str]:
+    """Artifacts of a SQLite store live beside it (``<store dir>/mlartifacts/<experiment>``); MLflow
+    would otherwise put them in ./mlruns of whatever directory the run started in."""
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):].split("?")[0])
-        return (db.parent / "mlartifacts").resolve().as_uri()
+        return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
     return None
 
 
@@ -138,7 +139,7 @@ def make_logger(cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str] = Non
     uri = tracking_uri(cfg.logger.tracking_uri)
     return MLFlowLogger(experiment_name=cfg.logger.experiment_name, run_name=cfg.logger.run_name,
                         tracking_uri=uri, tags=tags, run_id=run_id, synchronous=True,
-                        artifact_location=artifact_location(uri))
+                        artifact_location=artifact_location(uri, cfg.logger.experiment_name))
 
 
 def log_run_start(logger, plan: Plan, run_dir: Path, extra_metrics: dict[str, float]) -> None:

@@ -96,5 +96,6 @@ def test_mlflow_params_tags_metrics(trained):
                 "train/lr", "data/train_kept"):
         assert key in r.data.metrics, key
     assert r.data.metrics["val/exact_match"] == pytest.approx(metrics["val/exact_match"])
+    assert r.info.artifact_uri.startswith((tmp / "mlartifacts" / "hydralign").as_uri())  # beside the store
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "plan.json"} <= artifacts
