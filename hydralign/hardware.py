@@ -49,6 +49,12 @@ def check_machine(hw: Any) -> None:
                 f"hardware={hw.name} needs {requirement(hw)}; this machine has {have} visible "
                 f"GPU(s). Run it on a machine with {hw.devices_per_node} GPU(s) per node, "
                 f"use hardware=cpu (or cpu_2proc) here, or add dry_run=true to print the plan only.")
+    world = hw.nodes * hw.devices_per_node
+    if world > 1 and "LOCAL_RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+        raise ConfigError(
+            f"hardware={hw.name} runs {world} processes: start them with torchrun --nnodes {hw.nodes} "
+            f"--nproc-per-node {hw.devices_per_node} -m hydralign ... (or srun, one task per device); "
+            "hydralign does not re-launch its own command line (PITFALLS: Hydra x Lightning re-launch)")
     if hw.nodes > 1 and launched_nodes() != hw.nodes:
         raise ConfigError(
             f"hardware={hw.name} needs {requirement(hw)}; this process was launched on "

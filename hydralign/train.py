@@ -33,10 +33,6 @@ def default_run_dir() -> Path:
 def _strategy(plan: Plan, hw: Any):
     if plan.world_size == 1:
         return "auto"
-    if "LOCAL_RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
-        raise ConfigError(f"hardware={hw.name} runs {plan.world_size} processes: start them with torchrun "
-                          f"(torchrun --nnodes {plan.nodes} --nproc-per-node {plan.devices_per_node} -m hydralign "
-                          "...) or srun, one process per device; hydralign does not re-launch its own argv")
     if plan.strategy in ("ddp", "auto"):
         from lightning.pytorch.strategies import DDPStrategy
 

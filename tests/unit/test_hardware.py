@@ -13,9 +13,14 @@ def hw(name):
     return compose_cfg([f"hardware={name}"]).hardware
 
 
-def test_cpu_presets_pass_anywhere(monkeypatch):
+def test_cpu_presets(monkeypatch):
     monkeypatch.setattr(hardware, "visible_gpus", lambda: 0)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.delenv("SLURM_PROCID", raising=False)
     hardware.check_machine(hw("cpu"))
+    with pytest.raises(ConfigError, match=r"torchrun --nnodes 1 --nproc-per-node 2 -m hydralign"):
+        hardware.check_machine(hw("cpu_2proc"))  # processes come from a launcher, never a re-launch
+    monkeypatch.setenv("LOCAL_RANK", "0")
     hardware.check_machine(hw("cpu_2proc"))
 
 
@@ -27,6 +32,7 @@ def test_gpu_preset_without_gpus(monkeypatch):
 
 def test_multi_node_needs_a_launcher(monkeypatch):
     monkeypatch.setattr(hardware, "visible_gpus", lambda: 8)
+    monkeypatch.setenv("LOCAL_RANK", "0")
     for var in ("SLURM_NNODES", "NNODES", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(var, raising=False)
     hardware.check_machine(hw("8xA100"))

@@ -1,0 +1,43 @@
+"""DDP with 2 CPU processes (gloo, started by torchrun) trains exactly like one process with the same
+effective batch: the loss normalization holds across devices, not only across accumulation steps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["trainer.max_steps=10", "eval.every_n_steps=5", "batch.effective=8", "batch.micro=2",
+          "data.arithmetic.num_train=512", "data.arithmetic.pad_operands=false", "eval.num_generate=16",
+          "logger=none", "checkpoint.export_hf=false", "trainer.enable_progress_bar=false",
+          "trainer.log_every_n_steps=1"]
+
+
+def _run(tmp: Path, name: str, launcher: list[str], hardware: str) -> dict:
+    out = subprocess.run([*launcher, "-m", "hydralign", f"hardware={hardware}", *COMMON,
+                          f"hydra.run.dir={tmp / name}"], capture_output=True, text=True, cwd=tmp, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads((tmp / name / "metrics.json").read_text())
+
+
+def test_two_process_ddp_matches_one_process(tmp_path):
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    ddp = _run(tmp_path, "ddp", [torchrun, "--nproc-per-node", "2"], "cpu_2proc")  # 2 x micro 2 x accum 2
+    single = _run(tmp_path, "single", [sys.executable], "cpu")  # 1 x micro 2 x accum 4
+    assert ddp["train/steps"] == single["train/steps"] == 10
+    for key in ("train/loss", "val/loss"):
+        assert ddp[key] == pytest.approx(single[key], abs=1e-5), key
+
+
+def test_multi_process_preset_without_launcher_says_how(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hydralign", "hardware=cpu_2proc", *COMMON,
+                          f"hydra.run.dir={tmp_path / 'x'}"], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=300)
+    assert out.returncode == 2
+    assert "torchrun --nnodes 1 --nproc-per-node 2 -m hydralign" in out.stderr
+    assert not (tmp_path / "x" / "config.yaml").exists()  # refused before any work
