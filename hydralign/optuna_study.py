@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 SAMPLERS = ("tpe", "random", "grid", "cmaes")
-PRUNERS = ("none", "median", "successive_halving", "hyperband")
+PRUNERS = ("none", "median", "successive_halving", "hyperband", "threshold")
 
 
 def make_storage(url: str):
@@ -38,6 +38,8 @@ def make_pruner(name: str, kwargs: Optional[dict] = None):
         return optuna.pruners.SuccessiveHalvingPruner(**kwargs)
     if name == "hyperband":
         return optuna.pruners.HyperbandPruner(**kwargs)
+    if name == "threshold":  # e.g. {lower: 0.1}: stop a trial whose metric is below 0.1
+        return optuna.pruners.ThresholdPruner(**kwargs)
     raise ValueError(f"hydra.sweeper.pruner={name} is unknown; choose one of: {', '.join(PRUNERS)}")
 
 

@@ -14,7 +14,7 @@ class OptunaSweeperConf:
     sampler: str = "tpe"  # tpe | random | grid | cmaes
     sampler_seed: Optional[int] = None
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {n_startup_trials: 3}
-    pruner: str = "median"  # none | median | successive_halving | hyperband
+    pruner: str = "median"  # none | median | successive_halving | hyperband | threshold
     pruner_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {n_startup_trials: 2}
     direction: str = "maximize"  # maximize | minimize (match optimized_metric)
     study_name: Optional[str] = None  # null: derived from the search space, so re-runs continue it

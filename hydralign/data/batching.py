@@ -107,11 +107,17 @@ class ResumableSequentialSampler(Sampler[int]):
 
 
 class EvalBatches(Dataset):
-    """Fixed, unshuffled batches of this rank's share of an evaluation split (loss only)."""
+    """Fixed, unshuffled batches of this rank's share of an evaluation split (loss only). Every rank
+    gets the same number of batches (sharded models need every rank in every forward); a rank short
+    of one gets a filler whose labels are all ignored, so it adds nothing to the loss sums."""
 
     def __init__(self, examples: list[Example], batch_size: int, pad_id: int, world_size: int, rank: int):
         mine = examples[rank::world_size]
         self.batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
+        per_rank = -(-len(examples) // world_size)
+        if examples and len(self.batches) < -(-per_rank // batch_size):
+            filler = Example(examples[0].input_ids, [IGNORE] * len(examples[0].input_ids))
+            self.batches.append([filler])
         self.pad_id = pad_id
 
     def __len__(self) -> int:

@@ -99,14 +99,19 @@ class PostTrainingModule(L.LightningModule):
     @torch.no_grad()
     def generation_counts(self) -> torch.Tensor:
         """[n, exact, flex, repetitive] over this rank's share of the generation prompts."""
-        ecfg = self.cfg.eval
-        mine = self.generation_examples[self.global_rank::self.plan.world_size]
+        ecfg, world = self.cfg.eval, self.plan.world_size
+        every = self.generation_examples
+        mine = [(e, True) for e in every[self.global_rank::world]]
+        if every:  # equal-length shares: with sharded weights every rank must join every generate call
+            mine += [(every[0], False)] * (-(-len(every) // world) - len(mine))
         counts = torch.zeros(4, dtype=torch.float64)
         was_training = self.model.training
         self.model.eval()
         for i in range(0, len(mine), ecfg.batch_size):
             chunk = mine[i:i + ecfg.batch_size]
-            for ex, (tokens, stopped) in zip(chunk, self.generate([e.prompt_ids for e in chunk])):
+            for (ex, real), (tokens, stopped) in zip(chunk, self.generate([e.prompt_ids for e, _ in chunk])):
+                if not real:
+                    continue
                 text = self.tokenizer.decode(tokens, skip_special_tokens=True)
                 counts += torch.tensor([1.0, exact_match(text, ex.reference),
                                         exact_match_flex(text, ex.reference),
@@ -127,7 +132,7 @@ class PostTrainingModule(L.LightningModule):
         out = self.model.generate(
             input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
             max_new_tokens=self.cfg.eval.max_new_tokens, do_sample=False, eos_token_id=self.stop_token_ids,
-            pad_token_id=pad, synced_gpus=self.plan.world_size > 1,
+            pad_token_id=pad, synced_gpus=self.plan.strategy in ("fsdp", "deepspeed") and self.plan.world_size > 1,
         )[:, width:].tolist()
         stops = set(self.stop_token_ids)
         results = []

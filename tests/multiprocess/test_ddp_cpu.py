@@ -41,3 +41,29 @@ def test_multi_process_preset_without_launcher_says_how(tmp_path):
     assert out.returncode == 2
     assert "torchrun --nnodes 1 --nproc-per-node 2 -m hydralign" in out.stderr
     assert not (tmp_path / "x" / "config.yaml").exists()  # refused before any work
+
+
+def test_pruning_under_ddp_stops_every_rank_together(tmp_path):
+    import optuna
+
+    from hydralign.optuna_study import make_storage, write_study_file
+
+    journal = str(tmp_path / "study.journal")
+    study = optuna.create_study(study_name="ddp", storage=make_storage(journal), direction="maximize")
+    trial = study.ask()
+    study_file = tmp_path / "study.json"
+    write_study_file(study_file, {"study_name": "ddp", "storage": journal, "pruner": "threshold",
+                                  "pruner_kwargs": {"lower": 0.5}, "direction": "maximize"})
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    out = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "hydralign", "hardware=cpu_2proc", *COMMON,
+                          "trainer.max_steps=20", "optimized_metric=val/exact_match",
+                          f"sweep.study_file={study_file}", f"sweep.trial_id={trial._trial_id}",
+                          "sweep.trial_number=0", f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)  # a hang = a rank kept going
+    assert "trial 0 pruned at step 5" in out.stderr, out.stderr[-3000:]
+    reloaded = optuna.load_study(study_name="ddp", storage=make_storage(journal)).trials[0]
+    assert reloaded.intermediate_values == {5: 0.0}  # rank 0 reported once, at the first validation
+    import torch
+
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 5  # both ranks stopped there

@@ -192,3 +192,16 @@ def test_val_fraction_split_is_disjoint(tmp_path, make_cfg):
     convs = load_conversations(cfg)
     prompts = {k: {c[0]["content"] for c in v} for k, v in convs.items()}
     assert len(prompts["val"]) == 10 and len(prompts["train"]) == 40 and not prompts["val"] & prompts["train"]
+
+
+def test_eval_batches_equal_per_rank_and_filler_adds_nothing():
+    from hydralign.data.batching import EvalBatches
+    from hydralign.data.tokenize import Example
+
+    examples = [Example([1, 2, 3], [IGNORE, 2, 3]) for _ in range(5)]
+    ranks = [EvalBatches(examples, batch_size=2, pad_id=0, world_size=2, rank=r) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == 2  # rank 0: 3 examples (2 + 1), rank 1: 2 (+ a filler)
+    filler = ranks[1][1]
+    assert (filler["labels"] == IGNORE).all()
+    real = sum(int((b["labels"] != IGNORE).sum()) for r in ranks for b in (r[i] for i in range(len(r))))
+    assert real == 5 * 2
