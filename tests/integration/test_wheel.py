@@ -20,6 +20,9 @@ def test_wheel_carries_conf_and_runs(tmp_path):
     [wheel] = list((tmp_path / "dist").glob("hydralign-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "hydralign/conf/config.yaml" in names and "hydralign/conf/hardware/4x8xA100.yaml" in names
+    assert "hydralign/sweeps/lr_search.yaml" in names
+    assert "hydra_plugins/hydralign_optuna_sweeper/_impl.py" in names
+    assert "hydra_plugins/__init__.py" not in names  # a namespace package
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     env = {**os.environ, "PYTHONPATH": str(site)}
@@ -30,3 +33,7 @@ def test_wheel_carries_conf_and_runs(tmp_path):
                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "world_size                8" in out.stdout
+    sweep = subprocess.run([sys.executable, "-m", "hydralign", "+sweeps=lr_search", "--cfg", "hydra"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert sweep.returncode == 0, sweep.stderr
+    assert "OptunaSweeper" in sweep.stdout and "interval(1e-4, 1e-2)" in sweep.stdout
