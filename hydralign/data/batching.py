@@ -12,6 +12,7 @@ rank r's k-th micro-batch of the step is ``window[k, r, :]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Optional
 
 import torch
@@ -96,7 +97,7 @@ class ResumableSequentialSampler(Sampler[int]):
     continues with the micro-batch after the last completed optimizer step. ``len`` stays the full
     length: Lightning restores its own batch counter and counts the skipped part as done."""
 
-    def __init__(self, length: int, start_fn: Optional[callable] = None):
+    def __init__(self, length: int, start_fn: Optional[Callable[[], int]] = None):
         self.length, self.start_fn = length, start_fn or (lambda: 0)
 
     def __iter__(self):
