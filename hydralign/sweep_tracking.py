@@ -19,7 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-PARENT_ENV, SWEEP_ID_ENV = "HYDRALIGN_PARENT_RUN_ID", "HYDRALIGN_SWEEP_ID"
+from hydralign.tracking import PARENT_ENV, SWEEP_ID_ENV
+
 SWEEP_FILE = "sweep.json"  # in the sweep folder: store URI, experiment, parent run id
 
 

@@ -15,6 +15,8 @@ from omegaconf import OmegaConf
 from hydralign.plan import Plan
 
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
+# Set by hydralign.sweep_tracking for the jobs of a multirun (never MLFLOW_RUN_ID: mlflow #15713).
+PARENT_ENV, SWEEP_ID_ENV = "HYDRALIGN_PARENT_RUN_ID", "HYDRALIGN_SWEEP_ID"
 
 
 def tracking_uri(configured: Optional[str]) -> str:
@@ -128,9 +130,9 @@ def make_logger(cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str] = Non
     tags = {"git_commit": git_commit(), "config_hash": config_hash(resolved), "method": plan.method,
             "model": plan.model, "hardware": cfg.hardware.name, "run_dir": str(run_dir)}
     tags.update({k: str(v) for k, v in (cfg.logger.tags or {}).items()})
-    parent = os.environ.get("HYDRALIGN_PARENT_RUN_ID")  # set by hydralign.sweep_tracking in a multirun
+    parent = os.environ.get(PARENT_ENV)
     if parent:
-        tags.update({"mlflow.parentRunId": parent, "sweep_id": os.environ.get("HYDRALIGN_SWEEP_ID", "")})
+        tags.update({"mlflow.parentRunId": parent, "sweep_id": os.environ.get(SWEEP_ID_ENV, "")})
         job = job_number()
         if job is not None:
             tags["job_num"] = str(job)

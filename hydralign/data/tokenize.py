@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hydralign.data.templates import ChatTemplate
 
@@ -33,10 +33,14 @@ class TokenizeStats:
     truncated: int = 0
     dropped_overlong: int = 0
     dropped_no_target: int = 0  # nothing left to learn after truncation
-    notes: list[str] = field(default_factory=list)
 
     def as_metrics(self, split: str) -> dict[str, float]:
-        return {f"data/{split}_{k}": float(v) for k, v in vars(self).items() if k != "notes"}
+        return {f"data/{split}_{k}": float(v) for k, v in vars(self).items()}
+
+
+def _bos(tokenizer, template: ChatTemplate) -> list[int]:
+    """The BOS token the template asks for (Tulu/Llama), or nothing."""
+    return [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
 
 
 def encode(tokenizer, template: ChatTemplate, conversations: list[list[dict]], max_len: int, overlong: str,
@@ -49,7 +53,7 @@ def encode(tokenizer, template: ChatTemplate, conversations: list[list[dict]], m
     rendered = [template.render(msgs, eos, train_on_all) for msgs in conversations]
     texts = [text for segs in rendered for text, _ in segs]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    bos = [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
+    bos = _bos(tokenizer, template)
     stats, examples, pos = TokenizeStats(total=len(conversations)), [], 0
     for segs in rendered:
         input_ids, labels = list(bos), [IGNORE] * len(bos)
@@ -86,5 +90,5 @@ def generation_examples(tokenizer, template: ChatTemplate, conversations: list[l
         prompts.append(template.render_prompt(system + shots + head[len(system):], eos))
         refs.append(msgs[last]["content"])
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
-    bos = [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
+    bos = _bos(tokenizer, template)
     return [GenerationExample(bos + p, r) for p, r in zip(ids, refs)]
