@@ -27,7 +27,7 @@ class ModelConfig:
     attn_implementation: Optional[str] = None  # eager | sdpa | flash_attention_2 (null = library default)
     gradient_checkpointing: bool = False  # lower activation memory, ~30% more compute
     tokenizer: Optional[str] = None  # "char" = local character tokenizer; null = same as name_or_path
-    chat_template: str = "chatml"  # chatml | tulu
+    chat_template: str = "chatml"  # chatml | tulu | auto (the tokenizer's own template)
     num_parameters: Optional[float] = None  # informational, printed in the plan (e.g. 8.0e9)
     # Architecture for source=config (LlamaConfig fields).
     hidden_size: int = 128
@@ -42,10 +42,33 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """The post-training method: the LightningModule that turns a batch into a loss."""
+    """The post-training method. Each method's own schema (``hydralign/methods/registry.py``)
+    extends this one and is the first default of ``conf/method/<name>.yaml``, so a key the
+    chosen method does not have fails at composition."""
 
-    name: str = MISSING  # sft (dpo, grpo, distill are separate issues)
-    completion_only: bool = True  # loss on assistant/completion tokens only
+    name: str = MISSING  # one of hydralign.methods.registry.METHODS
+
+
+@dataclass
+class SFTConfig(MethodConfig):
+    """Supervised fine-tuning: token cross-entropy over the whole accumulated batch's loss tokens."""
+
+    completion_only: bool = True  # loss on assistant/completion tokens only (false: every token)
+
+
+@dataclass
+class DPOConfig(MethodConfig):
+    """Direct preference optimization and its family (hydralign.losses.preference)."""
+
+    # One loss or a list: sigmoid | ipo | hinge | robust | sigmoid_norm | simpo | sft.
+    # ["sigmoid", "sft"] with loss_weights [1.0, 1.0] is RPO (DPO + NLL on the chosen answer).
+    loss_type: Any = "sigmoid"
+    loss_weights: Optional[list[float]] = None  # one per loss_type (null: all 1.0)
+    beta: float = 0.1  # KL strength: higher keeps the policy closer to the reference
+    label_smoothing: float = 0.0  # conservative DPO / robust DPO: assumed label-noise rate in [0, 0.5)
+    gamma_beta_ratio: float = 0.5  # SimPO's target margin gamma / beta
+    precompute_ref: bool = False  # reference log-probs computed once and cached on disk (shared by a sweep)
+    ref_cache_dir: Optional[str] = None  # null: <cwd>/outputs/cache/reference_logps
 
 
 @dataclass
@@ -118,11 +141,30 @@ class DataConfig:
     messages_field: str = "messages"
     prompt_field: str = "prompt"
     completion_field: str = "completion"
+    chosen_field: str = "chosen"  # preference pairs: prompt_field + these two (strings or message lists)
+    rejected_field: str = "rejected"
     max_seq_len: int = 128
     overlong: str = "truncate"  # truncate | drop
     num_examples: Optional[int] = None  # known size of a hub set, lets dry_run count steps
     num_workers: int = 0
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+
+
+@dataclass
+class PeftConfig:
+    """Parameter-efficient fine-tuning: none | lora | qlora (4-bit base via bitsandbytes, CUDA only)."""
+
+    name: str = "none"
+    r: int = 64  # adapter rank: higher = more trainable parameters and memory
+    alpha: float = 16.0  # scaling = alpha / r
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # "all-linear" (Firefly: every Linear but the head) or a list of names
+    bias: str = "none"  # none | all | lora_only
+    load_in_4bit: bool = False  # qlora: quantize the frozen base to 4 bits
+    quant_type: str = "nf4"  # nf4 | fp4
+    double_quant: bool = True  # quantize the quantization constants too (~0.4 bit/param saved)
+    compute_dtype: str = "float16"  # dtype of the 4-bit matmuls: float16 (V100) | bfloat16
+    merge_on_export: bool = True  # hf_model/ holds the merged full model; adapter/ the adapters alone
 
 
 @dataclass
@@ -177,6 +219,7 @@ class Config:
     optimized_metric: Optional[str] = "val/exact_match"  # what run(cfg) returns (sweeps)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    peft: PeftConfig = field(default_factory=PeftConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
@@ -191,7 +234,13 @@ class Config:
     trainer: dict[str, Any] = field(default_factory=dict)
 
 
+METHOD_SCHEMAS: dict[str, type] = {"sft": SFTConfig, "dpo": DPOConfig}
+
+
 def register() -> None:
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="config_schema", node=Config)
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    for name, schema in METHOD_SCHEMAS.items():  # conf/method/<name>.yaml starts from <name>_schema
+        store.store(group="method", name=f"{name}_schema", node=schema)

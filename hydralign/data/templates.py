@@ -24,14 +24,16 @@ class ChatTemplate:
     def close(self, role: str, eos_token: str) -> str:
         return self.turn_close[role].replace("{eos}", eos_token)
 
-    def render(self, messages: list[dict], eos_token: str, train_on_all: bool = False) -> list[Segment]:
-        """Whole conversation; assistant contents and their closing marker are trainable."""
+    def render(self, messages: list[dict], eos_token: str, train_on_all: bool = False,
+               last_turn_only: bool = False) -> list[Segment]:
+        """Whole conversation; assistant contents and their closing marker are trainable (with
+        ``last_turn_only``, only the final message's: a preference pair's completion)."""
         segments: list[Segment] = []
-        for msg in messages:
+        for i, msg in enumerate(messages):
             role = msg["role"]
             if role not in self.turn_open:
                 raise ValueError(f"role {role!r} is not one of {sorted(self.turn_open)}")
-            trainable = train_on_all or role == "assistant"
+            trainable = train_on_all or (role == "assistant" and (not last_turn_only or i == len(messages) - 1))
             segments.append((self.turn_open[role], train_on_all))
             segments.append((msg["content"] + self.close(role, eos_token), trainable))
             segments.append((self.trailing, train_on_all))
