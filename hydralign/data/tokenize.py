@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hydralign.data.templates import ChatTemplate
+from hydralign.data.templates import ChatTemplate, Segment
 
 IGNORE = -100
 
@@ -43,6 +43,25 @@ def _bos(tokenizer, template: ChatTemplate) -> list[int]:
     return [tokenizer.bos_token_id] if template.add_bos and tokenizer.bos_token_id is not None else []
 
 
+def tokenize_segments(tokenizer, template: ChatTemplate,
+                      rendered: list[list[Segment]]) -> list[tuple[list[int], list[int]]]:
+    """Rendered conversations -> (input_ids, labels) each, labels IGNORE on untrainable segments.
+    All segments are tokenized in one batched call."""
+    texts = [text for segs in rendered for text, _ in segs]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    bos = _bos(tokenizer, template)
+    out, pos = [], 0
+    for segs in rendered:
+        input_ids, labels = list(bos), [IGNORE] * len(bos)
+        for _, trainable in segs:
+            piece = ids[pos]
+            pos += 1
+            input_ids.extend(piece)
+            labels.extend(piece if trainable else [IGNORE] * len(piece))
+        out.append((input_ids, labels))
+    return out
+
+
 def encode(tokenizer, template: ChatTemplate, conversations: list[list[dict]], max_len: int, overlong: str,
            train_on_all: bool = False) -> tuple[list[Example], TokenizeStats]:
     """Render every conversation through the template, tokenize all segments in one batched call,
@@ -51,17 +70,8 @@ def encode(tokenizer, template: ChatTemplate, conversations: list[list[dict]], m
         raise ValueError(f"data.overlong={overlong} must be truncate or drop")
     eos = tokenizer.eos_token or ""
     rendered = [template.render(msgs, eos, train_on_all) for msgs in conversations]
-    texts = [text for segs in rendered for text, _ in segs]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    bos = _bos(tokenizer, template)
-    stats, examples, pos = TokenizeStats(total=len(conversations)), [], 0
-    for segs in rendered:
-        input_ids, labels = list(bos), [IGNORE] * len(bos)
-        for _, trainable in segs:
-            piece = ids[pos]
-            pos += 1
-            input_ids.extend(piece)
-            labels.extend(piece if trainable else [IGNORE] * len(piece))
+    stats, examples = TokenizeStats(total=len(conversations)), []
+    for input_ids, labels in tokenize_segments(tokenizer, template, rendered):
         if len(input_ids) > max_len:
             if overlong == "drop":
                 stats.dropped_overlong += 1
