@@ -11,6 +11,7 @@ import torch
 
 from hydralign.data.templates import TEMPLATES, ChatTemplate
 from hydralign.errors import ConfigError
+from hydralign.models.peft import quantization_kwargs
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CHAR_SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
@@ -49,8 +50,15 @@ def build_tokenizer(mcfg: Any, template: ChatTemplate):
     return tok
 
 
-def build_model(mcfg: Any, tokenizer, seed: int) -> torch.nn.Module:
+def build_model(mcfg: Any, tokenizer, seed: int, pcfg: Any = None) -> torch.nn.Module:
+    """The policy's base model, before PEFT (``models.peft.apply_peft`` wraps it afterwards).
+    ``pcfg`` is ``cfg.peft``: with ``peft.load_in_4bit`` (qlora) a pretrained base is loaded in 4 bits."""
+    load_in_4bit = bool(getattr(pcfg, "load_in_4bit", False))
     if mcfg.source == "config":
+        if load_in_4bit:
+            raise ConfigError(f"peft.load_in_4bit quantizes pretrained weights, but model={mcfg.name} is built "
+                              "from config with random init (model.source=config); use peft=lora, or a "
+                              "pretrained model")
         from transformers import LlamaConfig, LlamaForCausalLM
 
         config = LlamaConfig(
@@ -76,13 +84,14 @@ def build_model(mcfg: Any, tokenizer, seed: int) -> torch.nn.Module:
                       dtype=DTYPES[mcfg.dtype])
         if mcfg.attn_implementation:
             kwargs["attn_implementation"] = mcfg.attn_implementation
+        kwargs.update(quantization_kwargs(pcfg))
         model = AutoModelForCausalLM.from_pretrained(mcfg.name_or_path, **kwargs)
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tokenizer))
     else:
         raise ConfigError(f"model.source={mcfg.source} must be config or pretrained")
-    if mcfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+    if mcfg.gradient_checkpointing:  # transformers 5 renames gradient_checkpointing_enable
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     return model
 
 
