@@ -7,6 +7,9 @@ exported model formats prompts the way it was trained.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from hydralign.errors import ConfigError
 
 Segment = tuple[str, bool]  # (text, is the loss computed on it)
 
@@ -20,6 +23,7 @@ class ChatTemplate:
     special_tokens: tuple[str, ...]  # markers that must be single tokens
     add_bos: bool
     jinja: str
+    tokenize_whole: ClassVar[bool] = False  # segments are tokenized one by one (see chat_auto)
 
     def close(self, role: str, eos_token: str) -> str:
         return self.turn_close[role].replace("{eos}", eos_token)
@@ -78,9 +82,26 @@ TULU = ChatTemplate(
 )
 
 TEMPLATES = {t.name: t for t in (CHATML, TULU)}
+NAMES = (*TEMPLATES, "auto")
+
+
+def template_for(name: str, tokenizer: Any = None):
+    """``chatml``/``tulu``: the hand-written ChatTemplate; ``auto``: the tokenizer's own chat template
+    behind the same interface (``hydralign.data.chat_auto.AutoChatTemplate``)."""
+    if name == "auto":
+        if tokenizer is None:
+            raise ValueError("template_for('auto') needs the tokenizer whose chat template it renders")
+        from hydralign.data.chat_auto import AutoChatTemplate
+
+        return AutoChatTemplate(tokenizer)
+    if name not in TEMPLATES:
+        raise ConfigError(f"model.chat_template={name} is unknown; choose one of: {', '.join(NAMES)}")
+    return TEMPLATES[name]
 
 
 def get_template(name: str) -> ChatTemplate:
-    if name not in TEMPLATES:
-        raise ValueError(f"model.chat_template={name} is unknown; choose one of: {', '.join(TEMPLATES)}")
-    return TEMPLATES[name]
+    """A hand-written template by name (``auto`` needs the tokenizer: use template_for)."""
+    if name == "auto":
+        raise ConfigError("model.chat_template=auto renders with the tokenizer's own template: "
+                          "build it with template_for('auto', tokenizer)")
+    return template_for(name)

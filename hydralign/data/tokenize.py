@@ -46,7 +46,10 @@ def _bos(tokenizer, template: ChatTemplate) -> list[int]:
 def tokenize_segments(tokenizer, template: ChatTemplate,
                       rendered: list[list[Segment]]) -> list[tuple[list[int], list[int]]]:
     """Rendered conversations -> (input_ids, labels) each, labels IGNORE on untrainable segments.
-    All segments are tokenized in one batched call."""
+    All segments are tokenized in one batched call; a template with ``tokenize_whole`` (auto) has each
+    conversation tokenized as one string and labelled by offsets (see chat_auto)."""
+    if getattr(template, "tokenize_whole", False) and tokenizer.is_fast:
+        return _tokenize_whole(tokenizer, template, rendered)
     texts = [text for segs in rendered for text, _ in segs]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     bos = _bos(tokenizer, template)
@@ -59,6 +62,30 @@ def tokenize_segments(tokenizer, template: ChatTemplate,
             input_ids.extend(piece)
             labels.extend(piece if trainable else [IGNORE] * len(piece))
         out.append((input_ids, labels))
+    return out
+
+
+def _tokenize_whole(tokenizer, template, rendered: list[list[Segment]]) -> list[tuple[list[int], list[int]]]:
+    """Each conversation tokenized as one string; a token is trained when its character range overlaps
+    a trainable segment (as transformers builds ``assistant_masks``)."""
+    texts = ["".join(text for text, _ in segs) for segs in rendered]
+    if not texts:
+        return []
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    bos = _bos(tokenizer, template)
+    out = []
+    for segs, ids, offsets in zip(rendered, enc["input_ids"], enc["offset_mapping"]):
+        spans, pos = [], 0
+        for text, trainable in segs:
+            if trainable and text:
+                spans.append((pos, pos + len(text)))
+            pos += len(text)
+        labels, k = [IGNORE] * len(bos), 0
+        for tid, (start, end) in zip(ids, offsets):
+            while k < len(spans) and spans[k][1] <= start:
+                k += 1
+            labels.append(tid if k < len(spans) and max(end, start + 1) > spans[k][0] else IGNORE)
+        out.append((bos + ids, labels))
     return out
 
 
