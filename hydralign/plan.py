@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 from hydralign.errors import ConfigError
+from hydralign.methods.registry import get_method
 
-KNOWN_METHODS = ("sft",)
 SCHEDULES = ("constant", "linear", "cosine", "multistep")
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
@@ -23,6 +23,9 @@ PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 @dataclass(frozen=True)
 class Plan:
     method: str
+    data_kind: str  # sft | preference | prompts
+    loss_unit: str  # a step's loss is its sum over these, divided once by their count: tokens | pairs
+    frozen_models: tuple[str, ...]  # the method's frozen models (DPO's reference), described
     model: str
     accelerator: str
     strategy: str
@@ -35,7 +38,7 @@ class Plan:
     global_micro_batch: int  # micro_batch x world_size
     effective_batch: int  # examples per optimizer step, all devices
     max_seq_len: int
-    max_tokens_per_step: int  # effective_batch x max_seq_len (an upper bound: padding is not counted)
+    max_tokens_per_step: int  # effective_batch x sequences per example x max_seq_len (padding not counted)
     num_train_examples: Optional[int]  # None until the data is loaded (files, unknown hub sets)
     steps_per_epoch: Optional[int]
     total_steps: Optional[int]
@@ -81,9 +84,12 @@ def _divisibility_hint(effective: int, world: int, micro: int) -> str:
 def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     """Derive and check every size. ``num_train_examples`` is the loaded train split's size; without
     it the plan uses what the config knows (synthetic task size, ``data.num_examples``)."""
-    method = _get(cfg, "method.name")
-    if method not in KNOWN_METHODS:
-        raise ConfigError(f"method={method} is not available; choose one of: {', '.join(KNOWN_METHODS)}")
+    spec = get_method(_get(cfg, "method.name"))
+    if spec.check:
+        spec.check(cfg)
+    from hydralign.models.peft_checks import check_peft
+
+    check_peft(cfg)
 
     nodes = int(_get(cfg, "hardware.nodes", 1))
     devices = int(_get(cfg, "hardware.devices_per_node", 1))
@@ -206,10 +212,11 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     if not lr > 0:
         raise ConfigError(f"lr={lr} must be > 0")
     return Plan(
-        method=method, model=str(_get(cfg, "model.name", "?")), accelerator=accelerator, strategy=strategy,
+        method=spec.name, data_kind=spec.data_kind, loss_unit=spec.unit, frozen_models=spec.frozen_models(cfg),
+        model=str(_get(cfg, "model.name", "?")), accelerator=accelerator, strategy=strategy,
         precision=precision, nodes=nodes, devices_per_node=devices, world_size=world, micro_batch=micro,
         grad_accum=grad_accum, global_micro_batch=global_micro, effective_batch=effective,
-        max_seq_len=max_seq_len, max_tokens_per_step=effective * max_seq_len,
+        max_seq_len=max_seq_len, max_tokens_per_step=effective * spec.sequences_per_example * max_seq_len,
         num_train_examples=num_train_examples, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         epochs=epochs, warmup_steps=warmup, lr=lr, schedule=schedule, eval_every_n_steps=every,
         seed=int(_get(cfg, "seed", 0)),
@@ -232,7 +239,11 @@ def format_plan(plan: Plan, title: str = "plan") -> str:
         ("micro_batch (per device)", plan.micro_batch),
         ("grad_accum (derived)", plan.grad_accum),
         ("effective_batch", f"{plan.effective_batch} = {plan.world_size} x {plan.micro_batch} x {plan.grad_accum}"),
-        ("tokens per step (max)", f"{plan.max_tokens_per_step} = {plan.effective_batch} x {plan.max_seq_len}"),
+        ("tokens per step (max)", f"{plan.max_tokens_per_step} = {plan.effective_batch} x "
+                                  f"{plan.max_tokens_per_step // max(1, plan.effective_batch * plan.max_seq_len)}"
+                                  f" sequence(s) x {plan.max_seq_len}"),
+        ("loss normalized by", f"{plan.loss_unit} of the whole step (data: {plan.data_kind})"),
+        ("frozen models", "; ".join(plan.frozen_models) or "none"),
         ("train examples", show(plan.num_train_examples)),
         ("steps per epoch", show(plan.steps_per_epoch)),
         ("total steps", show(plan.total_steps)),

@@ -119,17 +119,19 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     import lightning as L
 
     from hydralign.callbacks import StartupTimer
-    from hydralign.checkpoints import checkpoint_callbacks, export_hf, write_json
+    from hydralign.checkpoints import checkpoint_callbacks, write_json
     from hydralign.data.module import PostTrainingData
     from hydralign.data.templates import get_template
-    from hydralign.methods import method_class
+    from hydralign.methods.registry import get_method
     from hydralign.models import build_model, build_tokenizer, load_weights
+    from hydralign.models.peft import apply_peft, trainable_summary
     from hydralign.tracking import log_run_start
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+    spec = get_method(cfg.method.name)
     template = get_template(cfg.model.chat_template)
     tokenizer = build_tokenizer(cfg.model, template)
-    data = PostTrainingData(cfg, tokenizer, template)
+    data = PostTrainingData(cfg, tokenizer, template, kind=spec.data_kind, unit=spec.unit)
     data.load()
     plan = make_plan(cfg, num_train_examples=len(data.train_examples))
     data.plan = plan
@@ -143,19 +145,32 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
         callbacks.append(pruning)
     trainer = build_trainer(cfg, plan, run_dir, logger, ckpt_cbs + callbacks + [StartupTimer(started)])
 
-    model = build_model(cfg.model, tokenizer, cfg.seed)
+    model = build_model(cfg.model, tokenizer, cfg.seed, cfg.peft)
     if cfg.init_from:
         load_weights(model, cfg.init_from)
+    model = apply_peft(model, cfg.peft)
     stop_ids = tokenizer.convert_tokens_to_ids(template.stop_tokens(tokenizer.eos_token))
-    module = method_class(plan.method)(model, tokenizer, plan, cfg, data.generation_examples, stop_ids)
+    module_cls = spec.module_class()
+    frozen = module_cls.frozen_models(cfg, model)
+    reference_report = None
+    if getattr(cfg.method, "precompute_ref", False):
+        frozen["reference_logps"], reference_report = _precomputed_reference(cfg, plan, model, data)
+    module = module_cls(model, tokenizer, plan, cfg, data.generation_examples, stop_ids, **frozen)
 
     if trainer.is_global_zero:
         print(format_plan(plan, title=f"plan ({run_dir})"), flush=True)
         print(data.summary(), flush=True)
+        print(f"model: {trainable_summary(model)}", flush=True)
+        if reference_report is not None:
+            print(f"reference log-probs: {'read from' if reference_report['hit'] else 'computed into'} "
+                  f"{reference_report['path']} in {reference_report['seconds']:.1f} s", flush=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / "plan.json", plan.as_dict())
         if logger is not None:
             extra = {k: v for s, st in data.stats.items() for k, v in st.as_metrics(s).items()}
+            if reference_report is not None:
+                extra.update({"reference/cache_hit": float(reference_report["hit"]),
+                              "reference/precompute_seconds": reference_report["seconds"]})
             log_run_start(logger, plan, run_dir, extra)
 
     if cfg.eval.at_start and ckpt_path is None:
@@ -172,10 +187,60 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
     if trainer.is_global_zero:
         if cfg.checkpoint.export_hf and pruned_at is None:
-            export_hf(module.model, tokenizer, run_dir / "hf_model", stop_ids)
+            _export(module.model, tokenizer, run_dir, stop_ids, cfg)
         write_json(run_dir / "metrics.json", metrics)
         if logger is not None:
             logger.experiment.log_metric(logger.run_id, "time/run_seconds", time.time() - started)
             if best_cb.best_model_path:
                 logger.experiment.set_tag(logger.run_id, "best_checkpoint", best_cb.best_model_path)
     return metrics, pruned_at
+
+
+def _precomputed_reference(cfg: DictConfig, plan: Plan, policy: Any, data: Any) -> tuple[dict, dict]:
+    """Reference log-probs of every train and val pair, from the cache or computed now with the
+    initial policy (adapters disabled), before any checkpoint is restored: that policy is the reference."""
+    import torch
+
+    from hydralign.methods import reference_cache as rc
+
+    key, described = rc.cache_key(cfg, data)
+    sizes = {s: len(getattr(data, f"{s}_examples")) for s in rc.SPLITS}
+    if plan.accelerator == "gpu":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    else:
+        device = torch.device("cpu")
+    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(plan.precision)
+
+    def compute() -> dict:
+        policy.to(device)
+        try:
+            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                return {s: rc.compute_logps(policy, getattr(data, f"{s}_examples"), data.tokenizer.pad_token_id,
+                                            cfg.eval.batch_size, device) for s in rc.SPLITS}
+        finally:
+            policy.to("cpu")
+
+    return rc.load_or_compute(rc.default_cache_dir(cfg), key, described, sizes, compute)
+
+
+def _export(model: Any, tokenizer: Any, run_dir: Path, stop_ids: list[int], cfg: DictConfig) -> None:
+    """hf_model/: the full model (adapters merged in with PEFT); adapter/: the adapters alone."""
+    from hydralign.checkpoints import export_hf
+    from hydralign.models.peft import is_peft, merged_copy, save_adapters
+
+    if not is_peft(model):
+        export_hf(model, tokenizer, run_dir / "hf_model", stop_ids)
+        return
+    save_adapters(model, run_dir / "adapter", tokenizer)
+    if not cfg.peft.merge_on_export:
+        return
+    if cfg.peft.load_in_4bit:  # a 4-bit base cannot take merged weights: merge into an unquantized one
+        from hydralign.models import build_model, load_weights
+        from hydralign.models.peft import merge_saved_adapters
+
+        base = build_model(cfg.model, tokenizer, cfg.seed)
+        if cfg.init_from:
+            load_weights(base, cfg.init_from)
+        export_hf(merge_saved_adapters(base, run_dir / "adapter"), tokenizer, run_dir / "hf_model", stop_ids)
+    else:
+        export_hf(merged_copy(model), tokenizer, run_dir / "hf_model", stop_ids)

@@ -234,13 +234,12 @@ class Config:
     trainer: dict[str, Any] = field(default_factory=dict)
 
 
-METHOD_SCHEMAS: dict[str, type] = {"sft": SFTConfig, "dpo": DPOConfig}
-
-
 def register() -> None:
     from hydra.core.config_store import ConfigStore
 
+    from hydralign.methods.registry import METHODS
+
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
-    for name, schema in METHOD_SCHEMAS.items():  # conf/method/<name>.yaml starts from <name>_schema
-        store.store(group="method", name=f"{name}_schema", node=schema)
+    for name, spec in METHODS.items():  # conf/method/<name>.yaml starts from <name>_schema
+        store.store(group="method", name=f"{name}_schema", node=spec.schema)

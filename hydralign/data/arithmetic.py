@@ -46,3 +46,26 @@ def make_splits(seed: int, num_train: int, num_val: int, num_test: int, max_digi
         "val": [record(a, b) for a, b in pairs[cut1:cut2]],
         "test": [record(a, b) for a, b in pairs[cut2:]],
     }
+
+
+def wrong_answer(correct: str, rng: random.Random) -> str:
+    """A plausible mistake: one digit of the (reversed) sum off by one, as a dropped or extra carry
+    would make it; never a leading zero, never the correct answer."""
+    i = rng.randrange(len(correct))
+    digit = int(correct[i])
+    step = rng.choice((-1, 1))
+    new = (digit + step) % 10
+    if i == len(correct) - 1 and new == 0 and len(correct) > 1:  # the most significant digit (reversed)
+        new = (digit - step) % 10
+    return correct[:i] + str(new) + correct[i + 1:]
+
+
+def preference_records(records: list[dict], seed: int) -> list[dict]:
+    """Chat records -> preference pairs: chosen = the right sum, rejected = a plausible wrong one."""
+    rng = random.Random(seed * 1_000_003 + 17)
+    out = []
+    for rec in records:
+        *prompt, answer = rec["messages"]
+        out.append({"prompt": prompt, "chosen": answer["content"],
+                    "rejected": wrong_answer(answer["content"], rng)})
+    return out

@@ -1,10 +1,10 @@
-"""Micro-batches that know their optimizer step's token count.
+"""Micro-batches that know their optimizer step's unit count.
 
-The loss contract (DESIGN.md section 5): a step's loss is the sum over the loss tokens of the whole
-accumulated, all-device batch (the *window*), divided once by their count. Which examples form each
-window is a pure function of (seed, epoch), so every rank computes the window's token count from the
-example lengths alone: no communication, and no dependence on how the window is split into
-devices x accumulation x micro-batches.
+The loss contract (DESIGN.md section 5): a step's loss is the sum over the units (loss tokens for SFT,
+pairs for DPO: the method's ``unit``) of the whole accumulated, all-device batch (the *window*),
+divided once by their count. Which examples form each window is a pure function of (seed, epoch), so
+every rank computes the window's unit count from the examples alone: no communication, and no
+dependence on how the window is split into devices x accumulation x micro-batches.
 
 Layout of one window of ``effective`` shuffled examples: ``[grad_accum, world_size, micro]``;
 rank r's k-th micro-batch of the step is ``window[k, r, :]``.
@@ -18,15 +18,17 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from hydralign.data.preference import PairExample
 from hydralign.data.tokenize import IGNORE, Example
 
 
 class WindowSchedule:
-    def __init__(self, num_loss_tokens: list[int], effective: int, micro: int, world_size: int, rank: int,
+    def __init__(self, units: list[int], effective: int, micro: int, world_size: int, rank: int,
                  seed: int, shuffle: bool = True):
+        """``units[i]``: what example i adds to its window's normalizer (its loss tokens, or 1 pair)."""
         assert effective % (micro * world_size) == 0, "the plan guarantees divisibility"
-        self.tokens = torch.tensor(num_loss_tokens, dtype=torch.long)
-        self.n, self.effective, self.micro = len(num_loss_tokens), effective, micro
+        self.tokens = torch.tensor(units, dtype=torch.long)
+        self.n, self.effective, self.micro = len(units), effective, micro
         self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
         self.grad_accum = effective // (micro * world_size)
         self.windows_per_epoch = self.n // effective
@@ -50,14 +52,14 @@ class WindowSchedule:
 
     def micro_batch(self, index: int) -> tuple[list[int], int, bool, float]:
         """index counts this rank's micro-batches from the start of training. Returns the example
-        indices, the window's loss-token count (all ranks), whether this micro-batch closes the
-        window, and the epoch position as a float."""
+        indices, the window's unit count (all ranks), whether this micro-batch closes the window,
+        and the epoch position as a float."""
         step, k = divmod(index, self.grad_accum)
         window = self.window(step)
         start = (k * self.world_size + self.rank) * self.micro
         members = window[start:start + self.micro].tolist()
-        window_tokens = int(self.tokens[window].sum())
-        return members, window_tokens, k == self.grad_accum - 1, step / self.windows_per_epoch
+        window_units = int(self.tokens[window].sum())
+        return members, window_units, k == self.grad_accum - 1, step / self.windows_per_epoch
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
@@ -74,10 +76,23 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-class TrainMicroBatches(Dataset):
-    """Item i = this rank's i-th micro-batch of training, collated, with its window's token count."""
+def collate_items(items: list, indices: list[int], pad_id: int, real: Optional[list[bool]] = None) -> dict:
+    """SFT examples -> one row each; preference pairs -> rows ``[chosen_1..chosen_B, rejected_1..rejected_B]``
+    (one forward for both). ``index``: the items' positions in their split; ``real``: False for the
+    fillers that keep ranks in step (they must add nothing)."""
+    if items and isinstance(items[0], PairExample):
+        batch = collate([p.chosen for p in items] + [p.rejected for p in items], pad_id)
+    else:
+        batch = collate(items, pad_id)
+    batch["index"] = torch.tensor(indices, dtype=torch.long)
+    batch["real"] = torch.tensor(real if real is not None else [True] * len(items), dtype=torch.bool)
+    return batch
 
-    def __init__(self, examples: list[Example], schedule: WindowSchedule, pad_id: int, total_steps: int):
+
+class TrainMicroBatches(Dataset):
+    """Item i = this rank's i-th micro-batch of training, collated, with its window's unit count."""
+
+    def __init__(self, examples: list, schedule: WindowSchedule, pad_id: int, total_steps: int):
         self.examples, self.schedule, self.pad_id = examples, schedule, pad_id
         self.length = total_steps * schedule.grad_accum
 
@@ -85,10 +100,10 @@ class TrainMicroBatches(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict:
-        members, window_tokens, last, epoch = self.schedule.micro_batch(index)
-        batch = collate([self.examples[i] for i in members], self.pad_id)
+        members, window_units, last, epoch = self.schedule.micro_batch(index)
+        batch = collate_items([self.examples[i] for i in members], members, self.pad_id)
         # Plain Python values: they stay on the host, so reading them never syncs a device.
-        batch.update(window_tokens=window_tokens, window_last=last, epoch=epoch)
+        batch.update(window_units=window_units, window_last=last, epoch=epoch, split="train")
         return batch
 
 
@@ -110,19 +125,30 @@ class ResumableSequentialSampler(Sampler[int]):
 class EvalBatches(Dataset):
     """Fixed, unshuffled batches of this rank's share of an evaluation split (loss only). Every rank
     gets the same number of batches (sharded models need every rank in every forward); a rank short
-    of one gets a filler whose labels are all ignored, so it adds nothing to the loss sums."""
+    of one gets a filler (``real`` False, SFT labels all ignored), so it adds nothing to the sums."""
 
-    def __init__(self, examples: list[Example], batch_size: int, pad_id: int, world_size: int, rank: int):
-        mine = examples[rank::world_size]
+    def __init__(self, examples: list, batch_size: int, pad_id: int, world_size: int, rank: int,
+                 split: str = "val"):
+        mine = list(range(len(examples)))[rank::world_size]
+        self.examples, self.split = examples, split
         self.batches = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
         per_rank = -(-len(examples) // world_size)
-        if examples and len(self.batches) < -(-per_rank // batch_size):
-            filler = Example(examples[0].input_ids, [IGNORE] * len(examples[0].input_ids))
-            self.batches.append([filler])
+        self.filler_batch = bool(examples) and len(self.batches) < -(-per_rank // batch_size)
+        if self.filler_batch:
+            self.batches.append([0])
         self.pad_id = pad_id
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, index: int) -> dict:
-        return collate(self.batches[index], self.pad_id)
+        members = self.batches[index]
+        if self.filler_batch and index == len(self.batches) - 1:
+            item = self.examples[0]
+            if isinstance(item, Example):
+                item = Example(item.input_ids, [IGNORE] * len(item.input_ids))
+            batch = collate_items([item], members, self.pad_id, real=[False])
+        else:
+            batch = collate_items([self.examples[i] for i in members], members, self.pad_id)
+        batch["split"] = self.split
+        return batch

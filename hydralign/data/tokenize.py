@@ -33,6 +33,8 @@ class TokenizeStats:
     truncated: int = 0
     dropped_overlong: int = 0
     dropped_no_target: int = 0  # nothing left to learn after truncation
+    dropped_empty: int = 0  # preference pairs with an empty chosen or rejected answer
+    dropped_identical: int = 0  # preference pairs whose chosen and rejected answers are the same
 
     def as_metrics(self, split: str) -> dict[str, float]:
         return {f"data/{split}_{k}": float(v) for k, v in vars(self).items()}

@@ -23,3 +23,16 @@ def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     shift_labels = labels[:, 1:].reshape(-1)  # [B*(T-1)]
     total = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
     return total, (shift_labels != IGNORE).sum()
+
+
+def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sequence: (sum of log p(label) over its target positions [B], number of targets [B]).
+
+    logits: [B, T, V]; labels: [B, T] with IGNORE where no target. The log-softmax runs in fp32;
+    positions without a target contribute exactly 0 (a row with none gives logp 0, length 0).
+    """
+    shift_labels = labels[:, 1:]  # [B, T-1]
+    mask = shift_labels != IGNORE
+    nll = F.cross_entropy(logits[:, :-1, :].float().transpose(1, 2), shift_labels.clamp(min=0),
+                          reduction="none")  # [B, T-1]
+    return -(nll * mask).sum(dim=1), mask.sum(dim=1)

@@ -1,7 +1,11 @@
 """The shared LightningModule: optimizer and schedule wiring, loss normalization over the whole
-accumulated all-device batch, step logging without device syncs, validation (loss + generation).
+accumulated all-device batch, per-step accumulation and logging of any metric dict without device
+syncs, validation (loss, the method's metrics, generation).
 
-A method subclass implements only ``batch_loss(batch) -> (loss_sum, num_items)``.
+A method subclass implements only ``batch_loss(batch) -> (loss_sum, unit_count, metric_sums)``: sums
+over the micro-batch's units (tokens, pairs), never means. The base divides every sum once by the
+window's unit count (``batch["window_units"]``), so a step's metrics are means over the whole
+optimizer step on all devices, whatever the split into micro-batches.
 """
 
 from __future__ import annotations
@@ -24,34 +28,54 @@ class PostTrainingModule(L.LightningModule):
         self.model, self.tokenizer, self.plan, self.cfg = model, tokenizer, plan, cfg
         self.generation_examples = generation_examples
         self.stop_token_ids = stop_token_ids
-        self._window_loss = torch.zeros(())
-        self._val_sums = torch.zeros(2, dtype=torch.float64)
+        self._window: torch.Tensor | None = None  # [loss, *metrics] shares of the current window
+        self._val_sums: torch.Tensor | None = None  # [loss_sum, units, *metric_sums] of a validation
+        self._metric_names: list[str] = []
         self.last_val_step = -1  # global step of the latest validation
-        self.last_window_loss = torch.zeros(())  # mean token loss of the last optimizer step
+        self.last_window_loss = torch.zeros(())  # mean loss of the last optimizer step (this rank's part)
+
+    @classmethod
+    def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:
+        """Frozen models this method needs (keyword arguments of its constructor), built from the
+        initial policy; kept out of the checkpoint and the optimizer. None by default."""
+        return {}
 
     # --- the one method-specific piece -------------------------------------------------------
-    def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of per-item losses, number of items) for a micro-batch."""
+    def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """(sum of per-unit losses, number of units, {metric name: sum over units}) for a micro-batch."""
         raise NotImplementedError
+
+    def _stack(self, loss: torch.Tensor, metric_sums: dict[str, torch.Tensor]) -> torch.Tensor:
+        names = list(metric_sums)
+        if not self._metric_names:
+            self._metric_names = names
+        elif names != self._metric_names:
+            raise RuntimeError(f"batch_loss returned metrics {names}, earlier {self._metric_names}")
+        return torch.stack([loss.detach().double()] + [v.detach().double() for v in metric_sums.values()])
 
     # --- training ----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss_sum, _ = self.batch_loss(batch)
-        share = loss_sum / batch["window_tokens"]  # this micro-batch's part of the window mean
-        self._window_loss = self._window_loss.to(share.device) + share.detach()
+        loss_sum, _, metric_sums = self.batch_loss(batch)
+        units = batch["window_units"]
+        share = loss_sum / units  # this micro-batch's part of the window mean
+        shares = self._stack(loss_sum, metric_sums) / units
+        self._window = shares if self._window is None else self._window + shares
         if batch["window_last"]:
             done = self.global_step + 1  # optimizer steps completed once this one is applied
             if done % self.trainer.log_every_n_steps == 0:  # only when Lightning writes the logs
-                self.log("train/loss", self._window_loss, on_step=True, on_epoch=False, prog_bar=True,
-                         sync_dist=self.plan.world_size > 1, reduce_fx="sum")
-                self.log_dict({"train/epoch": float(batch["epoch"]),
+                totals = self._window
+                if self.plan.world_size > 1:  # one collective for every metric of the step
+                    totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
+                values = dict(zip(["train/loss"] + self._metric_names, totals.float()))
+                self.log("train/loss", values.pop("train/loss"), on_step=True, on_epoch=False, prog_bar=True)
+                self.log_dict({**values, "train/epoch": float(batch["epoch"]),
                                "train/lr": self.lr_schedulers().get_last_lr()[0],
                                "step": float(done)},  # Lightning uses "step" as the x-axis
                               on_step=True, on_epoch=False)
-            self.last_window_loss = self._window_loss
-            self._window_loss = torch.zeros((), device=share.device)
+            self.last_window_loss = self._window[0].float()
+            self._window = None
         # Lightning divides every micro-batch loss by grad_accum and DDP/FSDP average gradients
-        # over the world: undo both, so the step's gradient is d(window sum / window tokens).
+        # over the world: undo both, so the step's gradient is d(window sum / window units).
         return share * (self.plan.grad_accum * self.plan.world_size)
 
     def configure_optimizers(self):
@@ -74,19 +98,25 @@ class PostTrainingModule(L.LightningModule):
 
     # --- validation --------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val_sums = torch.zeros(2, dtype=torch.float64, device=self.device)
+        self._val_sums = None
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        loss_sum, count = self.batch_loss(batch)
-        self._val_sums += torch.stack([loss_sum.detach().double(), count.double()])
+        loss_sum, count, metric_sums = self.batch_loss(batch)
+        sums = self._stack(loss_sum, metric_sums)
+        sums = torch.cat([sums[:1], count.detach().double().reshape(1), sums[1:]])
+        self._val_sums = sums if self._val_sums is None else self._val_sums + sums
 
     def on_validation_epoch_end(self) -> None:
         gen = self.generation_counts()
-        totals = torch.cat([self._val_sums, gen.to(self._val_sums)])
+        sums = self._val_sums if self._val_sums is not None else torch.zeros(2 + len(self._metric_names),
+                                                                              dtype=torch.float64, device=self.device)
+        totals = torch.cat([sums, gen.to(sums)])
         if self.plan.world_size > 1:
             totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-        loss_sum, tokens, n, em, flex, rep = totals.tolist()
-        metrics = {"val/loss": loss_sum / max(tokens, 1.0)}
+        values = totals.tolist()
+        loss_sum, units, n, em, flex, rep = values[0], values[1], *values[-4:]
+        metrics = {"val/loss": loss_sum / max(units, 1.0)}
+        metrics.update({f"val/{k}": v / max(units, 1.0) for k, v in zip(self._metric_names, values[2:-4])})
         if n:
             metrics.update({"val/exact_match": em / n, "val/exact_match_flex": flex / n,
                             "val/repetition_rate": rep / n})

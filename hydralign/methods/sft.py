@@ -9,6 +9,7 @@ from hydralign.methods.base import PostTrainingModule
 
 
 class SFTModule(PostTrainingModule):
-    def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return token_nll_sum(logits, batch["labels"])
+        loss_sum, tokens = token_nll_sum(logits, batch["labels"])
+        return loss_sum, tokens, {}

@@ -4,7 +4,6 @@ a pretrained model from a hub id or local directory. Loading is safe by default:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -96,22 +95,23 @@ def build_model(mcfg: Any, tokenizer, seed: int, pcfg: Any = None) -> torch.nn.M
 
 
 def load_weights(model: torch.nn.Module, source: str) -> None:
-    """``init_from``: an exported HF directory (safetensors) or a Lightning .ckpt (weights_only)."""
-    path = Path(source).expanduser()
+    """``init_from``: an HF directory (safetensors), a hydralign run directory (its exported model) or
+    a Lightning .ckpt (weights_only), as ``hydralign.lineage.resolve_weights`` finds it."""
+    from hydralign.lineage import resolve_weights
+
+    path = resolve_weights(source)
     if path.is_dir():
         from safetensors.torch import load_file
 
-        files = sorted(path.glob("*.safetensors"))
-        if not files:
-            raise ConfigError(f"init_from={source}: no *.safetensors in that directory")
         state = {}
-        for f in files:
+        for f in sorted(path.glob("*.safetensors")):
             state.update(load_file(str(f)))
-    elif path.suffix == ".ckpt" and path.is_file():
+    else:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
-    else:
-        raise ConfigError(f"init_from={source} is neither an HF model directory nor a .ckpt file")
+        if any(".lora_" in k for k in state):  # a PEFT run's checkpoint: its exported hf_model/ is merged
+            raise ConfigError(f"init_from={source} holds LoRA adapter weights; start from that run's "
+                              "directory (its merged hf_model/) instead")
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:

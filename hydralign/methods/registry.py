@@ -1,0 +1,107 @@
+"""The one list of methods. Pure (no torch): the plan and the CLI read it before anything heavy loads.
+
+A method is one ``MethodSpec``: its config schema (registered in Hydra's ConfigStore group
+``method`` as ``<name>_schema``, the first default of ``conf/method/<name>.yaml``), the kind of data
+it trains on, the unit its loss is normalized by over a whole optimizer step (DESIGN.md section 5),
+the LightningModule that turns a batch into ``(loss_sum, unit_count, metric_sums)``, the frozen
+models it needs, and its own plan-time checks. Adding a method is adding one entry here, its schema,
+its module and its ``conf/method/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from hydralign.config.schema import DPOConfig, SFTConfig
+from hydralign.errors import ConfigError
+
+DATA_KINDS = ("sft", "preference", "prompts")
+UNITS = ("tokens", "pairs", "sequences")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    schema: type  # config dataclass, extends schema.MethodConfig
+    data_kind: str  # sft: conversations | preference: prompt + chosen + rejected | prompts (online RL)
+    unit: str  # what one optimizer step's loss sum is divided by: tokens | pairs | sequences
+    module: str  # "package.module:Class" of the LightningModule, imported when training starts
+    sequences_per_example: int = 1  # forward rows per example (2 for a chosen/rejected pair)
+    frozen: Optional[Callable[[Any], tuple[str, ...]]] = None  # cfg -> frozen models, described
+    check: Optional[Callable[[Any], None]] = None  # cfg -> None, raises ConfigError (pure)
+
+    def frozen_models(self, cfg: Any) -> tuple[str, ...]:
+        return self.frozen(cfg) if self.frozen else ()
+
+    def module_class(self):
+        path, _, cls = self.module.partition(":")
+        return getattr(importlib.import_module(path), cls)
+
+
+def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node.get(part, None) if hasattr(node, "get") else getattr(node, part, None)
+        if node is None:
+            return default
+    return node
+
+
+def dpo_loss_types(cfg: Any) -> list[str]:
+    lt = _get(cfg, "method.loss_type", "sigmoid")
+    return [lt] if isinstance(lt, str) else [str(t) for t in lt]
+
+
+def dpo_needs_reference(cfg: Any) -> bool:
+    from hydralign.losses.preference_types import LOSS_NEEDS_REFERENCE
+
+    return any(LOSS_NEEDS_REFERENCE.get(t, True) for t in dpo_loss_types(cfg))
+
+
+def _dpo_frozen(cfg: Any) -> tuple[str, ...]:
+    if not dpo_needs_reference(cfg):
+        return ()
+    if _get(cfg, "method.precompute_ref", False):
+        return ("reference: log-probs precomputed once, cached on disk (no model in training)",)
+    if _get(cfg, "peft.name", "none") != "none":
+        return ("reference: the policy with its adapters disabled (no copy)",)
+    return ("reference: frozen copy of the initial policy",)
+
+
+def _dpo_check(cfg: Any) -> None:
+    from hydralign.losses.preference_types import LOSS_NEEDS_REFERENCE
+
+    types = dpo_loss_types(cfg)
+    unknown = [t for t in types if t not in LOSS_NEEDS_REFERENCE]
+    if unknown or not types:
+        raise ConfigError(f"method.loss_type={types} has unknown entries {unknown}; choose from "
+                          f"{', '.join(LOSS_NEEDS_REFERENCE)}")
+    weights = _get(cfg, "method.loss_weights")
+    if weights is not None and len(list(weights)) != len(types):
+        raise ConfigError(f"method.loss_weights has {len(list(weights))} values for {len(types)} loss types "
+                          f"{types}; give one weight per loss type or method.loss_weights=null")
+    beta = float(_get(cfg, "method.beta", 0.1))
+    if not beta > 0:
+        raise ConfigError(f"method.beta={beta} must be > 0 (typical: 0.01 to 0.5)")
+    eps = float(_get(cfg, "method.label_smoothing", 0.0))
+    if not 0 <= eps < 0.5:
+        raise ConfigError(f"method.label_smoothing={eps} must be in [0, 0.5)")
+    if _get(cfg, "method.precompute_ref", False) and not dpo_needs_reference(cfg):
+        raise ConfigError(f"method.loss_type={types} uses no reference model; drop method.precompute_ref")
+
+
+METHODS: dict[str, MethodSpec] = {
+    "sft": MethodSpec("sft", SFTConfig, data_kind="sft", unit="tokens", module="hydralign.methods.sft:SFTModule"),
+    "dpo": MethodSpec("dpo", DPOConfig, data_kind="preference", unit="pairs",
+                      module="hydralign.methods.dpo:DPOModule", sequences_per_example=2,
+                      frozen=_dpo_frozen, check=_dpo_check),
+}
+
+
+def get_method(name: Optional[str]) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError(f"method={name} is not available; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
