@@ -29,7 +29,7 @@ from hydralign.losses.token_ce import token_nll_sum
 from hydralign.methods.sft import SFTModule
 from hydralign.plan import make_plan
 from hydralign.schedules import lr_factor
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 WARMUP = 5
 PBAR = os.environ.get("PBAR", "1") == "1"  # PBAR=0 measures without the progress bar

@@ -42,25 +42,32 @@ def task(cfg: DictConfig) -> Optional[float]:
     from hydralign.hardware import check_machine
     from hydralign.plan import format_plan, make_plan
 
-    try:  # config errors stop everything, in a multirun too: every job would fail the same way
+    try:
         plan = make_plan(cfg)
         if cfg.dry_run:
             print(format_plan(plan, title=_job_title()), flush=True)
             return None
         check_machine(cfg.hardware)
-    except ConfigError as err:
-        print(f"hydralign: {err}", file=sys.stderr, flush=True)
-        sys.exit(2)
-    from hydralign.train import objective, run
+        from hydralign.console import configure_console
+        from hydralign.train import objective, run
 
-    try:
+        configure_console()
+
         metrics = run(cfg, started=started)
     except (ConfigError, DataError) as err:
         print(f"hydralign: {err}", file=sys.stderr, flush=True)
         if _in_multirun():
-            raise  # this job fails; the sweep goes on with the others
+            # This job fails and the sweep goes on. A basic-sweeper grid was planned cell by cell before
+            # it started (hydralign.sweep_check), so here it is a cell an Optuna sweeper sampled, or an
+            # error only the loaded data reveals.
+            raise
         sys.exit(2)
-    return objective(metrics, cfg.optimized_metric) if cfg.optimized_metric else None
+    names = cfg.optimized_metric
+    if not names:
+        return None
+    if isinstance(names, str):
+        return objective(metrics, names)
+    return tuple(objective(metrics, name) for name in names)  # one value per direction of the study
 
 
 def _in_multirun() -> bool:
@@ -82,8 +89,45 @@ def _flags_first(argv: list[str]) -> list[str]:
     return head + [a for a in rest if a in _FLAGS] + [a for a in rest if a not in _FLAGS]
 
 
+def unknown_option(args: list[str]) -> Optional[str]:
+    """An override that picks a config group option that does not exist (``experiment=misspelled``),
+    said with the options that do; None when every one exists. Hydra would stop on it too, but with
+    exit code 1, and a misspelled card must never fall back to the default job."""
+    if any(a.startswith(("--config-dir", "-cd", "--config-path", "-cp", "hydra.searchpath", "+hydra.searchpath"))
+           for a in args):
+        return None  # options may come from elsewhere: Hydra itself checks them
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.hydralign_searchpath import sweeps_root
+
+    folders = {p.name: p for p in Path(config_dir()).iterdir() if p.is_dir()}
+    folders["sweeps"] = sweeps_root() / "sweeps"
+    parser = OverridesParser.create()
+    for arg in args:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            [ov] = parser.parse_overrides([arg])
+        except Exception:
+            continue  # Hydra reports grammar errors itself
+        group = ov.key_or_group
+        if group not in folders or ov.is_delete() or (ov.is_sweep_override() and not ov.is_choice_sweep()):
+            continue
+        values = list(ov.sweep_string_iterator()) if ov.is_sweep_override() else [ov.get_value_element_as_str()]
+        options = sorted(p.stem for p in folders[group].glob("*.yaml"))
+        for value in values:
+            if value != "null" and value not in options:
+                what = {"experiment": "card", "sweeps": "sweep file"}.get(group, f"{group} option")
+                return f"{group}={value}: no such {what}; choose one of: {', '.join(options)}"
+    return None
+
+
 def main() -> None:
     sys.argv = _flags_first(sys.argv)
+    problem = unknown_option(sys.argv[1:])
+    if problem:
+        print(f"hydralign: {problem}", file=sys.stderr, flush=True)
+        sys.exit(2)
     register()
     hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(task)()
 

@@ -54,7 +54,8 @@ def check_machine(hw: Any) -> None:
         raise ConfigError(
             f"hardware={hw.name} runs {world} processes: start them with torchrun --nnodes {hw.nodes} "
             f"--nproc-per-node {hw.devices_per_node} -m hydralign ... (or srun, one task per device); "
-            "hydralign does not re-launch its own command line (PITFALLS: Hydra x Lightning re-launch)")
+            "hydralign does not let Lightning re-launch its command line, which breaks under Hydra multiruns "
+            "(each extra rank would start the sweep again)")
     if hw.nodes > 1 and launched_nodes() != hw.nodes:
         raise ConfigError(
             f"hardware={hw.name} needs {requirement(hw)}; this process was launched on "

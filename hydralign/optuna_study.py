@@ -1,5 +1,14 @@
-"""Optuna pieces shared by the sweeper (parent process) and the jobs (pruning): storage, sampler,
-pruner and the study file that tells a job which study and trial it belongs to.
+"""Optuna pieces shared by the sweeper (parent process) and the jobs (pruning): storage, pruner, the
+study file, and how a job learns which trial it is.
+
+A job of an Optuna sweep finds its trial in ``<sweep dir>/study.json`` (``jobs``: Hydra's job number ->
+trial id, number and overrides), which the sweeper writes before each batch: nothing is added to the
+job's overrides, so any Hydra app runs unchanged. A process started by hand for one trial (torchrun
+ranks) names it with environment variables instead:
+
+    HYDRALIGN_OPTUNA_STUDY         the study file
+    HYDRALIGN_OPTUNA_TRIAL_ID      the trial's id in the storage
+    HYDRALIGN_OPTUNA_TRIAL_NUMBER  its number in the study (shown in run names)
 
 Optuna is imported lazily: this module loads with the plugin at Hydra start-up.
 """
@@ -7,11 +16,16 @@ Optuna is imported lazily: this module loads with the plugin at Hydra start-up.
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-SAMPLERS = ("tpe", "random", "grid", "cmaes")
 PRUNERS = ("none", "median", "successive_halving", "hyperband", "threshold")
+STUDY_ENV, TRIAL_ID_ENV, TRIAL_NUMBER_ENV = (
+    "HYDRALIGN_OPTUNA_STUDY", "HYDRALIGN_OPTUNA_TRIAL_ID", "HYDRALIGN_OPTUNA_TRIAL_NUMBER")
+DEFAULT_STORAGE_DIR = Path("outputs") / "optuna"
+STUDY_FILE = "study.json"  # in the sweep folder
 
 
 def make_storage(url: str):
@@ -43,33 +57,63 @@ def make_pruner(name: str, kwargs: Optional[dict] = None):
     raise ValueError(f"hydra.sweeper.pruner={name} is unknown; choose one of: {', '.join(PRUNERS)}")
 
 
-def make_sampler(name: str, seed: Optional[int], kwargs: Optional[dict], grid: Optional[dict] = None):
-    import optuna
-
-    kwargs = dict(kwargs or {})
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **kwargs)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed, **kwargs)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed, **kwargs)
-    if name == "grid":
-        if grid is None:
-            raise ValueError("sampler=grid needs every swept parameter to be a choice or a range")
-        return optuna.samplers.GridSampler(grid, seed=seed, **kwargs)
-    raise ValueError(f"hydra.sweeper.sampler={name} is unknown; choose one of: {', '.join(SAMPLERS)}")
-
-
 def write_study_file(path: Path, spec: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(spec, indent=2, sort_keys=True))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec, indent=2, sort_keys=True))
+    tmp.replace(path)  # jobs of a parallel batch read it while the next sweep may rewrite it
 
 
-def load_trial(study_file: str, trial_id: int):
-    """Rebuild the job's trial from storage (the pruner is not stored: it comes from the file)."""
-    import optuna
+@dataclass(frozen=True)
+class TrialRef:
+    """The Optuna trial this job runs, as the sweeper announced it."""
 
-    spec = json.loads(Path(study_file).read_text())
-    study = optuna.load_study(study_name=spec["study_name"], storage=make_storage(spec["storage"]),
-                              pruner=make_pruner(spec["pruner"], spec.get("pruner_kwargs")))
-    return optuna.trial.Trial(study, trial_id), spec
+    study_file: str
+    trial_id: int
+    number: Optional[int]
+
+    def spec(self) -> dict[str, Any]:
+        return json.loads(Path(self.study_file).read_text())
+
+    def multi_objective(self) -> bool:
+        spec = self.spec()
+        return len(spec.get("directions", [spec.get("direction", "minimize")])) > 1
+
+    def load(self):
+        """Rebuild the trial from storage (the pruner is not stored: it comes from the study file)."""
+        import optuna
+
+        spec = self.spec()
+        study = optuna.load_study(study_name=spec["study_name"], storage=make_storage(spec["storage"]),
+                                  pruner=make_pruner(spec["pruner"], spec.get("pruner_kwargs")))
+        return optuna.trial.Trial(study, self.trial_id)
+
+
+def job_trial(environ: Optional[dict] = None) -> Optional[TrialRef]:
+    """This job's trial, or None outside an Optuna sweep."""
+    env = os.environ if environ is None else environ
+    study, trial_id = env.get(STUDY_ENV), env.get(TRIAL_ID_ENV)
+    if study and trial_id:
+        number = env.get(TRIAL_NUMBER_ENV)
+        return TrialRef(study, int(trial_id), int(number) if number else None)
+    return _trial_of_hydra_job()
+
+
+def _trial_of_hydra_job() -> Optional[TrialRef]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    try:
+        hc = HydraConfig.get()
+    except ValueError:
+        return None
+    if hc.mode != RunMode.MULTIRUN or hc.job.get("num", None) is None:
+        return None
+    sweep_dir = Path(hc.sweep.dir)
+    study_file = (sweep_dir if sweep_dir.is_absolute() else Path(hc.runtime.cwd) / sweep_dir) / STUDY_FILE
+    if not study_file.is_file():
+        return None
+    job = json.loads(study_file.read_text()).get("jobs", {}).get(str(hc.job.num))
+    if not job or list(job["overrides"]) != list(hc.overrides.task):
+        return None  # a study file left by another sweep in this folder
+    return TrialRef(str(study_file), int(job["trial_id"]), int(job["number"]))

@@ -12,10 +12,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
+from hydralign.config.schema import OptimizerConfig, ScheduleConfig
 from hydralign.errors import ConfigError
 from hydralign.methods.registry import get_method
+from hydralign.optimizers import OPTIMIZERS
 
 SCHEDULES = ("constant", "linear", "cosine", "multistep")
+MAX_SEED = 2**32 - 1  # Lightning's seed_everything accepts [0, 2^32)
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
 
@@ -48,6 +51,7 @@ class Plan:
     schedule: str
     eval_every_n_steps: int
     seed: int
+    num_parameters: Optional[float] = None  # model.num_parameters, as the model card states it
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,6 +121,9 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         raise ConfigError("hardware.strategy=deepspeed needs hardware.zero_stage=1, 2 or 3")
 
     effective = int(_get(cfg, "batch.effective", 1))
+    if effective < 1:
+        raise ConfigError(f"batch.effective={effective} must be >= 1 (examples per optimizer step over all "
+                          f"devices), e.g. batch.effective={32 * world}")
     micro_given = _get(cfg, "batch.micro")
     if micro_given is None:
         max_micro = int(_get(cfg, "batch.max_micro", 32))
@@ -160,6 +167,12 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     max_epochs = _get(cfg, "trainer.max_epochs")
     total_steps: Optional[int] = None
     epochs: Optional[float] = None
+    if max_steps is not None and int(max_steps) != -1 and int(max_steps) < 1:  # -1: Lightning's "no limit"
+        raise ConfigError(f"trainer.max_steps={max_steps} must be >= 1 (optimizer steps); or set it to null "
+                          "and give trainer.max_epochs=N (data passes)")
+    if max_epochs is not None and float(max_epochs) != -1 and float(max_epochs) <= 0:
+        raise ConfigError(f"trainer.max_epochs={max_epochs} must be > 0 (data passes); or set it to null and "
+                          "give trainer.max_steps=N (optimizer steps)")
     if max_steps is not None and int(max_steps) > 0:
         total_steps = int(max_steps)
         epochs = total_steps / steps_per_epoch if steps_per_epoch else None
@@ -170,7 +183,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         raise ConfigError("training length is not set: give trainer.max_steps=N (optimizer steps) or "
                           "trainer.max_epochs=N (data passes)")
 
-    schedule = _get(cfg, "schedule.name", "constant")
+    schedule = _get(cfg, "schedule.name", ScheduleConfig.name)  # one source of defaults: the schema
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule={schedule} is unknown; choose one of: {', '.join(SCHEDULES)}")
     w_steps, w_ratio = _get(cfg, "schedule.warmup_steps"), _get(cfg, "schedule.warmup_ratio")
@@ -211,6 +224,12 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     lr = float(_get(cfg, "optimizer.lr", _get(cfg, "lr", 0.0)))
     if not lr > 0:
         raise ConfigError(f"lr={lr} must be > 0")
+    seed = int(_get(cfg, "seed", 0))
+    if not 0 <= seed <= MAX_SEED:  # Lightning's seed_everything refuses others, only once training starts
+        raise ConfigError(f"seed={seed} must be in [0, {MAX_SEED}]")
+    optimizer = _get(cfg, "optimizer.name", OptimizerConfig.name)
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer.name={optimizer} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
     return Plan(
         method=spec.name, data_kind=spec.data_kind, loss_unit=spec.unit, frozen_models=spec.frozen_models(cfg),
         model=str(_get(cfg, "model.name", "?")), accelerator=accelerator, strategy=strategy,
@@ -219,7 +238,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         max_seq_len=max_seq_len, max_tokens_per_step=effective * spec.sequences_per_example * max_seq_len,
         num_train_examples=num_train_examples, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         epochs=epochs, warmup_steps=warmup, lr=lr, schedule=schedule, eval_every_n_steps=every,
-        seed=int(_get(cfg, "seed", 0)),
+        seed=seed, num_parameters=_get(cfg, "model.num_parameters"),
     )
 
 
@@ -232,7 +251,8 @@ def format_plan(plan: Plan, title: str = "plan") -> str:
         return str(v)
 
     rows = [
-        ("method / model", f"{plan.method} / {plan.model}"),
+        ("method / model", f"{plan.method} / {plan.model}"
+                           + (f" ({plan.num_parameters:.3g} parameters)" if plan.num_parameters else "")),
         ("hardware", f"{plan.nodes} node(s) x {plan.devices_per_node} {plan.accelerator} device(s), "
                      f"strategy {plan.strategy}, precision {plan.precision}"),
         ("world_size", plan.world_size),

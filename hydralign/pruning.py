@@ -7,18 +7,18 @@ from typing import Optional
 
 from lightning.pytorch.callbacks import Callback
 
-from hydralign.optuna_study import load_trial
+from hydralign.optuna_study import TrialRef, job_trial
 
 
 class OptunaPruning(Callback):
-    def __init__(self, study_file: str, trial_id: int, monitor: str):
-        self.study_file, self.trial_id, self.monitor = study_file, trial_id, monitor
+    def __init__(self, trial_ref: TrialRef, monitor: str):
+        self.trial_ref, self.monitor = trial_ref, monitor
         self.trial = None
         self.pruned_at: Optional[int] = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero and self.trial is None:
-            self.trial, _ = load_trial(self.study_file, self.trial_id)
+            self.trial = self.trial_ref.load()
 
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -34,3 +34,17 @@ class OptunaPruning(Callback):
         if trainer.strategy.broadcast(prune, src=0):
             self.pruned_at = trainer.global_step
             trainer.should_stop = True
+
+    def pruned_error(self) -> Exception:
+        """What the job raises once pruned: the sweeper records the trial as PRUNED."""
+        import optuna
+
+        return optuna.TrialPruned(f"trial {self.trial_ref.number} pruned at step {self.pruned_at}")
+
+
+def pruning_callback(monitor: Optional[str]) -> Optional[OptunaPruning]:
+    """The callback for a job of an Optuna sweep (single objective); None otherwise."""
+    ref = job_trial()
+    if ref is None or not isinstance(monitor, str) or ref.multi_objective():
+        return None  # Optuna prunes single-objective studies only
+    return OptunaPruning(ref, monitor)

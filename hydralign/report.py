@@ -2,7 +2,9 @@
 
 One row per cell (the overrides that differ between runs; seeds pooled): mean +- std of the chosen
 metrics over finished runs, the step of the best validation score, run ids, failed and pruned
-counts. Writes ``report.csv``, ``curves.png`` (one curve per cell, mean over seeds) and
+counts. Writes ``report.csv``, ``curves.png`` (one curve per cell: the mean over seeds, and their
+spread as a band; ``--x examples|tokens`` draws it against examples or tokens seen instead of
+optimizer steps, into ``curves_vs_<x>.png``) and
 ``<metric>_vs_<param>.png`` for numeric parameters, then prints the MLflow UI command.
 """
 
@@ -146,8 +148,44 @@ def fetch(uri: str, parent_id: str, metric_keys: list[str]) -> tuple[list[RunRow
     return runs, histories
 
 
+X_AXES = {"step": "optimizer step", "examples": "examples seen (step x effective batch)",
+          "tokens": "tokens seen (train/tokens_seen)"}
+TOKENS_KEY = "train/tokens_seen"
+
+
+def x_of(run: RunRow, step: int, histories: dict, axis: str) -> Optional[float]:
+    """Where a value logged at optimizer ``step`` sits on the chosen x axis."""
+    if axis == "step":
+        return float(step)
+    if axis == "examples":
+        return float(step) * float(run.params.get("effective_batch", "nan"))
+    points = [(0, 0.0)] + histories.get((run.run_id, TOKENS_KEY), [])  # step 0: nothing seen yet
+    below = [p for p in points if p[0] <= step]
+    above = [p for p in points if p[0] >= step]
+    if not above:
+        return None  # past the last logged step: unknown
+    (s0, t0), (s1, t1) = below[-1], above[0]
+    return t0 if s1 == s0 else t0 + (t1 - t0) * (step - s0) / (s1 - s0)
+
+
+def curves(cell: Cell, histories: dict, curve_key: str, axis: str) -> list[tuple[float, float, float, int]]:
+    """(x, mean, std, runs) per logged step of a cell, over its runs (seeds)."""
+    per_step: dict[int, list[tuple[float, float]]] = defaultdict(list)
+    for r in cell.runs:
+        for step, value in histories.get((r.run_id, curve_key), []):
+            x = x_of(r, step, histories, axis)
+            if x is not None and x == x:
+                per_step[step].append((x, value))
+    out = []
+    for step in sorted(per_step):
+        xs, values = zip(*per_step[step])
+        mean, std = mean_std(list(values))
+        out.append((statistics.fmean(xs), mean, std, len(values)))
+    return out
+
+
 def plot(out_dir: Path, keys: list[str], cells: list[Cell], histories: dict, curve_key: str,
-         metric: str) -> list[Path]:
+         metric: str, axis: str = "step") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,19 +194,21 @@ def plot(out_dir: Path, keys: list[str], cells: list[Cell], histories: dict, cur
     written = []
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for cell in cells:
-        per_step: dict[int, list[float]] = defaultdict(list)
-        for r in cell.runs:
-            for step, value in histories.get((r.run_id, curve_key), []):
-                per_step[step].append(value)
-        if per_step:
-            steps = sorted(per_step)
-            label = ", ".join(f"{k}={v}" for k, v in cell.key) or "all runs"
-            ax.plot(steps, [statistics.fmean(per_step[s]) for s in steps], marker=".", label=label)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"{curve_key} (mean over seeds)")
+        points = curves(cell, histories, curve_key, axis)
+        if not points:
+            continue
+        xs, means, stds = [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+        label = ", ".join(f"{k}={v}" for k, v in cell.key) or "all runs"
+        runs = max(p[3] for p in points)
+        line, = ax.plot(xs, means, marker=".", label=f"{label} ({runs} run{'s' if runs > 1 else ''})")
+        if runs > 1:  # the spread over seeds, not only their mean
+            ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                            color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel(X_AXES[axis])
+    ax.set_ylabel(f"{curve_key} (mean, band: +- 1 std over seeds)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    path = out_dir / "curves.png"
+    path = out_dir / ("curves.png" if axis == "step" else f"curves_vs_{axis}.png")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -201,6 +241,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--metrics", default="val/exact_match,val/exact_match_flex,val/loss",
                     help="comma-separated final metrics to compare")
     ap.add_argument("--curve", default="val/loss", help="metric drawn per cell in curves.png")
+    ap.add_argument("--x", default="step", choices=sorted(X_AXES),
+                    help="x axis of the curves: optimizer steps, examples seen or tokens seen (compare cells "
+                         "with different effective batches per example or token, not per step)")
     ap.add_argument("--minimize", action="store_true", help="the first metric is better when lower")
     ap.add_argument("--out", default=None, help="folder for report.csv and the plots (default: the sweep folder)")
     args = ap.parse_args(argv)
@@ -208,7 +251,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     uri, parent_id, out_dir = resolve(args.target, args.tracking_uri)
     out_dir = Path(args.out) if args.out else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs, histories = fetch(uri, parent_id, sorted({metrics[0], args.curve}))
+    runs, histories = fetch(uri, parent_id, sorted({metrics[0], args.curve} | ({TOKENS_KEY} if args.x == "tokens"
+                                                                               else set())))
     if not runs:
         print(f"no child runs under parent run {parent_id} in {uri}", file=sys.stderr)
         return 1
@@ -233,7 +277,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None or (isinstance(row.get(k), float) and math.isnan(row[k]))
                                  else row.get(k)) for k in csv_cols})
-    written = [csv_path] + plot(out_dir, keys, cells, histories, args.curve, metrics[0])
+    if args.x == "tokens" and not any(histories.get((r.run_id, TOKENS_KEY)) for r in runs):
+        print(f"these runs did not log {TOKENS_KEY} (runs before it existed): use --x examples or --x step",
+              file=sys.stderr)
+        return 2
+    written = [csv_path] + plot(out_dir, keys, cells, histories, args.curve, metrics[0], args.x)
     print("wrote: " + ", ".join(str(p) for p in written))
     store = uri.split("?")[0]
     print(f"side by side in the MLflow UI:\n  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000\n"

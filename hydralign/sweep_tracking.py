@@ -19,9 +19,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from hydralign.tracking import PARENT_ENV, SWEEP_ID_ENV
+from hydralign.tracking import PARENT_ENV, SWEEP_FILE_ENV, SWEEP_ID_ENV
 
-SWEEP_FILE = "sweep.json"  # in the sweep folder: store URI, experiment, parent run id
+SWEEP_FILE = "sweep.json"  # in the sweep folder: store URI, experiment, parent run id, fixed keys
 
 
 def _tracked(config: DictConfig) -> bool:
@@ -40,28 +40,17 @@ def _close_if_open(uri: str, parent_id: str) -> None:
 
 class SweepTracking(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        if config.get("dry_run", False):
-            return
-        from hydralign.errors import ConfigError
-        from hydralign.hardware import check_machine
-
-        try:  # a preset this machine cannot run fails every job alike: say so before anything starts
-            check_machine(config.hardware)
-        except ConfigError as err:
-            print(f"hydralign: {err}", file=sys.stderr, flush=True)
-            sys.exit(2)
         if not _tracked(config):
             return
         from mlflow.tracking import MlflowClient
 
-        from hydralign.tracking import artifact_location, retry_locked, tracking_uri
+        from hydralign.console import quiet_mlflow
+        from hydralign.tracking import ensure_experiment, retry_locked, tracking_uri
 
+        quiet_mlflow()
         uri = tracking_uri(config.logger.tracking_uri)
         client = MlflowClient(tracking_uri=uri)
-        exp = retry_locked(client.get_experiment_by_name, config.logger.experiment_name)
-        exp_id = exp.experiment_id if exp else retry_locked(
-            client.create_experiment, config.logger.experiment_name,
-            artifact_location=artifact_location(uri, config.logger.experiment_name))
+        exp_id = ensure_experiment(client, uri, config.logger.experiment_name)
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         sweep_id = f"{sweep_dir.parent.name}_{sweep_dir.name}_{uuid.uuid4().hex[:6]}"
         sweeper = OmegaConf.select(config, "hydra.sweeper._target_", default="?")
@@ -73,17 +62,22 @@ class SweepTracking(Callback):
             "search_space": json.dumps({**space, "command_line_overrides": swept}),
             "command_line": " ".join(["python -m hydralign"] + sys.argv[1:]), "is_sweep_parent": "true"})
         os.environ[PARENT_ENV], os.environ[SWEEP_ID_ENV] = parent.info.run_id, sweep_id
+        os.environ[SWEEP_FILE_ENV] = str(sweep_dir / SWEEP_FILE)
         # Hydra skips on_multirun_end when the sweep raises (a failed job, too many failed trials):
         # the parent run is then closed as FAILED at exit instead of staying RUNNING forever.
         atexit.register(_close_if_open, uri, parent.info.run_id)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / SWEEP_FILE).write_text(json.dumps(
+        from hydralign.sweep_check import fixed_keys, repeated_names
+
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(  # fixed keys, repeated cells: for the jobs' run names
             {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent.info.run_id,
-             "sweep_id": sweep_id}, indent=2))
+             "sweep_id": sweep_id, "fixed_keys": fixed_keys(config), "repeated_cells": repeated_names(config)},
+            indent=2))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         parent_id = os.environ.pop(PARENT_ENV, None)
         os.environ.pop(SWEEP_ID_ENV, None)
+        os.environ.pop(SWEEP_FILE_ENV, None)
         if not parent_id or not _tracked(config):
             return
         from mlflow.tracking import MlflowClient
@@ -99,4 +93,8 @@ class SweepTracking(Callback):
                 retry_locked(client.log_metric, parent_id, "best_value", float(best.best_value))
                 for k, v in best.best_params.items():
                     retry_locked(client.set_tag, parent_id, f"best.{k}", str(v))
+            if "solutions" in best:  # a multi-objective study: the Pareto front
+                front = OmegaConf.to_container(best.solutions)
+                retry_locked(client.set_tag, parent_id, "pareto_front", json.dumps(front)[:5000])
+                retry_locked(client.log_metric, parent_id, "pareto_size", float(len(front)))
         retry_locked(client.set_terminated, parent_id, "FINISHED")

@@ -17,6 +17,7 @@ from hydralign.plan import Plan
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
 # Set by hydralign.sweep_tracking for the jobs of a multirun (never MLFLOW_RUN_ID: mlflow #15713).
 PARENT_ENV, SWEEP_ID_ENV = "HYDRALIGN_PARENT_RUN_ID", "HYDRALIGN_SWEEP_ID"
+SWEEP_FILE_ENV = "HYDRALIGN_SWEEP_FILE"  # the sweep folder's sweep.json (fixed keys, for run names)
 
 
 def tracking_uri(configured: Optional[str]) -> str:
@@ -39,6 +40,21 @@ def artifact_location(uri: str, experiment: str) -> Optional[str]:
         db = Path(uri[len("sqlite:///"):].split("?")[0])
         return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
     return None
+
+
+def ensure_experiment(client: Any, uri: str, name: str) -> str:
+    """The experiment's id, created (artifacts beside the store) if it does not exist yet; done here so
+    Lightning never warns "Experiment ... not found. Creating it"."""
+    exp = retry_locked(client.get_experiment_by_name, name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return retry_locked(client.create_experiment, name, artifact_location=artifact_location(uri, name))
+    except Exception:  # a parallel job created it first
+        exp = retry_locked(client.get_experiment_by_name, name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 def flatten(node: Any, prefix: str = "") -> dict[str, str]:
@@ -100,14 +116,50 @@ def log_params(logger, params: dict[str, str]) -> None:
         retry_locked(client.log_batch, run_id, params=batch[i:i + 100])
 
 
-def job_number() -> Optional[int]:
+def hydra_job() -> Optional[tuple[int, list[str]]]:
+    """(job number, the job's overrides) of a multirun's job; None in a single run."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        num = HydraConfig.get().job.get("num", None)
+        hc = HydraConfig.get()
     except ValueError:
         return None
-    return int(num) if num is not None else None
+    num = hc.job.get("num", None)
+    return None if num is None else (int(num), list(hc.overrides.task))
+
+
+def _short(override: str) -> str:
+    """``lr=0.0012345678`` -> ``lr=0.001235``: sampled floats, shortened for a run name."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    return f"{key}={number:.4g}" if any(c in value for c in ".eE") else override
+
+
+def run_identity(cfg: Any, plan: Plan, run_dir: Path) -> tuple[str, dict[str, str]]:
+    """(run name, tags). A job of a sweep is named by what distinguishes it: its cell's overrides
+    (``batch.effective=16 seed=0``), or an Optuna trial's number and sampled values; a single run by
+    method, model and run folder. Never MLflow's random names: seeding a job seeds those too."""
+    from hydralign.optuna_study import job_trial
+    from hydralign.sweep_check import cell_name
+
+    job = hydra_job()
+    if job is None:
+        return cfg.logger.run_name or f"{plan.method} {plan.model} {run_dir.name}", {}
+    num, overrides = job
+    sweep_file = os.environ.get(SWEEP_FILE_ENV)
+    info = json.loads(Path(sweep_file).read_text()) if sweep_file and Path(sweep_file).is_file() else {}
+    cell = cell_name(overrides, info.get("fixed_keys", []))
+    tags = {"job_num": str(num), "overrides": cell}
+    trial = job_trial()
+    if trial is not None and trial.number is not None:
+        tags["trial_number"] = str(trial.number)
+        name = f"trial {trial.number}: " + " ".join(_short(o) for o in cell.split(" "))
+    else:
+        name = cell + (f" #{num}" if cell in info.get("repeated_cells", []) else "")
+    return cfg.logger.run_name or name, tags
 
 
 def finish(logger, state: str, error: Optional[str] = None) -> None:
@@ -133,13 +185,13 @@ def make_logger(cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str] = Non
     parent = os.environ.get(PARENT_ENV)
     if parent:
         tags.update({"mlflow.parentRunId": parent, "sweep_id": os.environ.get(SWEEP_ID_ENV, "")})
-        job = job_number()
-        if job is not None:
-            tags["job_num"] = str(job)
-    if cfg.sweep.trial_number is not None:
-        tags["trial_number"] = str(cfg.sweep.trial_number)
+    run_name, job_tags = run_identity(cfg, plan, run_dir)
+    tags.update(job_tags)
     uri = tracking_uri(cfg.logger.tracking_uri)
-    return MLFlowLogger(experiment_name=cfg.logger.experiment_name, run_name=cfg.logger.run_name,
+    from mlflow.tracking import MlflowClient
+
+    ensure_experiment(MlflowClient(tracking_uri=uri), uri, cfg.logger.experiment_name)
+    return MLFlowLogger(experiment_name=cfg.logger.experiment_name, run_name=run_name,
                         tracking_uri=uri, tags=tags, run_id=run_id, synchronous=True,
                         artifact_location=artifact_location(uri, cfg.logger.experiment_name))
 

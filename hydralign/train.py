@@ -110,7 +110,9 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     if pruned_at is not None:  # the sweeper records the trial as PRUNED
         import optuna
 
-        raise optuna.TrialPruned(f"trial {cfg.sweep.trial_number} pruned at step {pruned_at}")
+        from hydralign.optuna_study import job_trial
+
+        raise optuna.TrialPruned(f"trial {getattr(job_trial(), 'number', '?')} pruned at step {pruned_at}")
     return metrics
 
 
@@ -118,10 +120,10 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
            started: float) -> tuple[dict[str, float], Optional[int]]:
     import lightning as L
 
-    from hydralign.callbacks import StartupTimer
+    from hydralign.callbacks import StartupTimer, TokensSeen
     from hydralign.checkpoints import checkpoint_callbacks, write_json
     from hydralign.data.module import PostTrainingData
-    from hydralign.data.templates import get_template
+    from hydralign.data.templates import template_for
     from hydralign.methods.registry import get_method
     from hydralign.models import build_model, build_tokenizer, load_weights
     from hydralign.models.peft import apply_peft, trainable_summary
@@ -129,21 +131,25 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     spec = get_method(cfg.method.name)
-    template = get_template(cfg.model.chat_template)
-    tokenizer = build_tokenizer(cfg.model, template)
+    if cfg.model.chat_template == "auto":  # the tokenizer's own template, read from the tokenizer
+        tokenizer = build_tokenizer(cfg.model, None)
+        template = template_for("auto", tokenizer)
+    else:
+        template = template_for(cfg.model.chat_template)
+        tokenizer = build_tokenizer(cfg.model, template)
     data = PostTrainingData(cfg, tokenizer, template, kind=spec.data_kind, unit=spec.unit)
     data.load()
     plan = make_plan(cfg, num_train_examples=len(data.train_examples))
     data.plan = plan
 
     best_cb, ckpt_cbs = checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints", plan.eval_every_n_steps)
-    pruning = None
-    if cfg.sweep.study_file and cfg.sweep.trial_id is not None:
-        from hydralign.pruning import OptunaPruning
+    from hydralign.pruning import pruning_callback
 
-        pruning = OptunaPruning(cfg.sweep.study_file, cfg.sweep.trial_id, cfg.optimized_metric)
+    pruning = pruning_callback(cfg.optimized_metric)  # a job of an Optuna sweep: report, maybe stop early
+    if pruning is not None:
         callbacks.append(pruning)
-    trainer = build_trainer(cfg, plan, run_dir, logger, ckpt_cbs + callbacks + [StartupTimer(started)])
+    trainer = build_trainer(cfg, plan, run_dir, logger,
+                            ckpt_cbs + callbacks + [StartupTimer(started), TokensSeen()])
 
     model = build_model(cfg.model, tokenizer, cfg.seed, cfg.peft)
     if cfg.init_from:
@@ -179,7 +185,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     pruned_at = pruning.pruned_at if pruning else None
     if module.last_val_step != trainer.global_step and pruned_at is None:
         trainer.validate(module, datamodule=data, verbose=False)  # the final step is always scored
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val/", "train/"))}
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k != "step"}  # train/, val/, method's own
     if best_cb.best_model_score is not None:
         metrics[f"best/{cfg.checkpoint.monitor}"] = float(best_cb.best_model_score)
     metrics["train/steps"] = float(trainer.global_step)

@@ -1,187 +1,209 @@
 """The sweep: search space from Hydra's override grammar, a batched ask -> launch -> tell loop on an
-Optuna study that persists in a journal file, and the results written to the sweep folder.
+Optuna study that persists (by default in a journal file), and the results written to the sweep folder.
 
 Imported only when a sweep starts (Hydra imports every plugin module at start-up)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
-from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from hydra.utils import get_method
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from hydralign.optuna_study import make_pruner, make_sampler, make_storage, write_study_file
+from hydra_plugins.hydralign_optuna_sweeper._outcome import TrialsFailed, failure_report, outcome
+from hydra_plugins.hydralign_optuna_sweeper._samplers import build_sampler, sampler_spec
+from hydra_plugins.hydralign_optuna_sweeper._space import SearchSpace, override_value
+from hydralign.optuna_study import (
+    DEFAULT_STORAGE_DIR,
+    STUDY_FILE,
+    make_pruner,
+    make_storage,
+    write_study_file,
+)
 
 log = logging.getLogger(__name__)
-DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+State = optuna.trial.TrialState
+DONE = (State.COMPLETE, State.PRUNED, State.FAIL)
+DIRECTIONS = ("minimize", "maximize")
 
 
-def distribution(override: Override) -> BaseDistribution | str:
-    """One override -> an Optuna distribution, or its value as a string when it is not a sweep.
-
-    choice(a, b)            -> CategoricalDistribution
-    range(1, 9, 2)          -> IntDistribution(1, 7, step=2)  (float bounds/step: FloatDistribution)
-    interval(0.1, 1)        -> FloatDistribution(0.1, 1.0)
-    int(interval(1, 8))     -> IntDistribution(1, 8)
-    tag(log, interval(..))  -> the same with log=True
-    """
-    if not override.is_sweep_override():
-        return override.get_value_element_as_str()
-    value = override.value()
-    if override.is_choice_sweep():
-        assert isinstance(value, ChoiceSweep)
-        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
-    if override.is_range_sweep():
-        assert isinstance(value, RangeSweep)
-        if value.shuffle:
-            return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
-        points = list(override.sweep_iterator())
-        if any(isinstance(v, float) for v in (value.start, value.stop, value.step)):
-            return FloatDistribution(float(points[0]), float(points[-1]), step=float(value.step))
-        return IntDistribution(int(points[0]), int(points[-1]), step=int(value.step))
-    if override.is_interval_sweep():
-        assert isinstance(value, IntervalSweep)
-        log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
-        return FloatDistribution(float(value.start), float(value.end), log=log_scale)
-    raise ValueError(f"{override.input_line}: this sweep type is not supported by the Optuna sweeper")
+def directions_of(direction: Any) -> list[str]:
+    """``minimize``, ``maximize`` or a list of them (the official plugin's Direction enum names too)."""
+    items = list(direction) if isinstance(direction, (list, tuple, ListConfig)) else [direction]
+    names = [str(getattr(d, "name", d)).strip().lower() for d in items]
+    bad = [n for n in names if n not in DIRECTIONS]
+    if bad or not names:
+        raise ValueError(f"hydra.sweeper.direction={direction} must be minimize, maximize or a list of them "
+                         "(e.g. [minimize, maximize] for two objectives)")
+    return names
 
 
-def grid_of(distributions: dict[str, BaseDistribution]) -> Optional[dict[str, list]]:
-    grid: dict[str, list] = {}
-    for name, dist in distributions.items():
-        if isinstance(dist, CategoricalDistribution):
-            grid[name] = list(dist.choices)
-        elif isinstance(dist, IntDistribution) and not dist.log:
-            grid[name] = list(range(dist.low, dist.high + 1, dist.step))
-        elif isinstance(dist, FloatDistribution) and dist.step is not None:
-            n = int(round((dist.high - dist.low) / dist.step))
-            grid[name] = [dist.low + i * dist.step for i in range(n + 1)]
-        else:
-            return None
-    return grid
-
-
-def encode(value: Any) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
+def _container(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, (DictConfig, ListConfig)) else node
 
 
 class OptunaSweeperImpl(Sweeper):
-    def __init__(self, sampler: str, sampler_seed: Optional[int], sampler_kwargs: Any, pruner: str,
-                 pruner_kwargs: Any, direction: str, study_name: Optional[str], storage: Optional[str],
-                 n_trials: int, n_jobs: int, max_failure_rate: float, params: Any) -> None:
-        if direction not in ("maximize", "minimize"):
-            raise ValueError(f"hydra.sweeper.direction={direction} must be maximize or minimize")
-        self.sampler_name, self.sampler_seed = sampler, sampler_seed
-        self.sampler_kwargs = OmegaConf.to_container(sampler_kwargs) if isinstance(sampler_kwargs, DictConfig) \
-            else dict(sampler_kwargs or {})
-        self.pruner_name = pruner
-        self.pruner_kwargs = OmegaConf.to_container(pruner_kwargs) if isinstance(pruner_kwargs, DictConfig) \
-            else dict(pruner_kwargs or {})
-        self.direction, self.study_name, self.storage = direction, study_name, storage
-        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, max(1, n_jobs), max_failure_rate
-        self.params = {str(k): str(v) for k, v in (params or {}).items()}
+    def __init__(self, sampler: Any, direction: Any, storage: Optional[Any], study_name: Optional[str],
+                 n_trials: int, n_jobs: int, max_failure_rate: float, params: Optional[Any],
+                 custom_search_space: Optional[str], pruner: str, pruner_kwargs: Any,
+                 sampler_seed: Optional[int], sampler_kwargs: Any) -> None:
+        self.directions = directions_of(direction)
+        if not 0.0 <= max_failure_rate <= 1.0:
+            raise ValueError(f"hydra.sweeper.max_failure_rate={max_failure_rate} must be in [0, 1]")
+        if n_trials < 0:
+            raise ValueError(f"hydra.sweeper.n_trials={n_trials} must be >= 0")
+        self.sampler_target, self.sampler_kwargs = sampler_spec(sampler, sampler_seed, _container(sampler_kwargs))
+        self.storage = None if storage is None else str(storage)
+        self.study_name, self.n_trials, self.n_jobs = study_name, n_trials, max(1, n_jobs)
+        self.max_failure_rate = max_failure_rate
+        self.params = {str(k): str(v) for k, v in (_container(params) or {}).items()}
+        self.custom_search_space = custom_search_space
+        self.extend: Optional[Callable[[DictConfig, optuna.trial.Trial], None]] = (
+            get_method(custom_search_space) if custom_search_space else None)
+        self.pruner_name, self.pruner_kwargs = pruner, dict(_container(pruner_kwargs) or {})
+        make_pruner(self.pruner_name, self.pruner_kwargs)  # an unknown pruner fails before any job
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
+        self.job_idx = 0
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
         self.sweep_dir = Path(config.hydra.sweep.dir).resolve()
 
-    def _space(self, arguments: list[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
-        parser = OverridesParser.create()
-        overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()])
-        overrides += parser.parse_overrides(arguments)  # the command line wins over sweeps/*.yaml
-        space: dict[str, Any] = {}
-        for ov in overrides:
-            space[ov.get_key_element()] = distribution(ov)
-        dists = {k: v for k, v in space.items() if isinstance(v, BaseDistribution)}
-        fixed = [f"{k}={v}" for k, v in space.items() if not isinstance(v, BaseDistribution)]
-        if not dists:
-            raise ValueError("the Optuna sweeper found nothing to search: give hydra.sweeper.params or a sweep "
-                             "on the command line, e.g. 'lr=tag(log, interval(1e-4, 1e-2))'")
-        return dists, fixed
+    # --- the study ---------------------------------------------------------------------------
+    def _study(self, space: SearchSpace, sampler) -> tuple[optuna.Study, str, str]:
+        name = self.study_name or space.study_name(self.directions, self.custom_search_space or "")
+        storage_url = self.storage or str(DEFAULT_STORAGE_DIR / f"{name}.journal")
+        if "://" not in storage_url:
+            storage_url = str(Path(storage_url).expanduser().resolve())
+        study = optuna.create_study(study_name=name, storage=make_storage(storage_url), sampler=sampler,
+                                    pruner=make_pruner(self.pruner_name, self.pruner_kwargs),
+                                    directions=self.directions, load_if_exists=True)
+        found = [d.name.lower() for d in study.directions]
+        if found != self.directions:
+            raise ValueError(f"study {name} in {storage_url} optimizes {found}, not hydra.sweeper.direction="
+                             f"{self.directions}: give another hydra.sweeper.study_name for a new study")
+        stale = study.get_trials(deepcopy=False, states=(State.RUNNING, State.WAITING))
+        for t in stale:  # left by an interrupted sweep (nothing else runs trials of this study here)
+            study.tell(t.number, state=State.FAIL)
+        if stale:
+            log.info("%d trial(s) left running by an interrupted sweep recorded as FAIL", len(stale))
+        return study, name, storage_url
+
+    def _trial_overrides(self, trial: optuna.trial.Trial, space: SearchSpace) -> list[str]:
+        for key, value in space.fixed.items():
+            trial.set_user_attr(key, value)
+        if self.extend is not None:
+            self.extend(self.config, trial)
+        overlap = sorted(set(trial.params) & set(space.fixed))
+        if overlap:
+            raise ValueError(f"custom_search_space suggested {overlap}, which are fixed by an override; drop "
+                             "the override or the suggestion")
+        return ([f"{k}={override_value(v)}" for k, v in trial.params.items()]
+                + [f"{k}={v}" for k, v in space.fixed.items()] + space.passthrough)
 
     def sweep(self, arguments: list[str]) -> None:
-        dists, fixed = self._space(arguments)
-        name = self.study_name or "hydralign-" + hashlib.sha1(
-            repr((sorted((k, repr(v)) for k, v in dists.items()), sorted(fixed))).encode()).hexdigest()[:10]
-        storage_url = self.storage or str(Path("outputs") / "optuna" / f"{name}.journal")
-        if "://" not in storage_url:
-            storage_url = str(Path(storage_url).resolve())
-        study = optuna.create_study(
-            study_name=name, storage=make_storage(storage_url), direction=self.direction, load_if_exists=True,
-            sampler=make_sampler(self.sampler_name, self.sampler_seed, self.sampler_kwargs, grid_of(dists)),
-            pruner=make_pruner(self.pruner_name, self.pruner_kwargs))
-        for stale in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,
-                                                              optuna.trial.TrialState.WAITING)):
-            study.tell(stale.number, state=optuna.trial.TrialState.FAIL)  # left by an interrupted sweep
-        study_file = self.sweep_dir / "study.json"
-        write_study_file(study_file, {"study_name": name, "storage": storage_url, "pruner": self.pruner_name,
-                                      "pruner_kwargs": self.pruner_kwargs, "direction": self.direction})
+        space = SearchSpace.parse([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
+        grid = space.grid()
+        sampler = build_sampler(self.sampler_target, self.sampler_kwargs, grid)
+        study, name, storage_url = self._study(space, sampler)
+        self.storage_url = storage_url
+        total = self.n_trials
+        if isinstance(sampler, optuna.samplers.GridSampler):
+            size = 1
+            for points in (grid or {}).values():
+                size *= len(points)
+            if size < total:
+                log.info("grid sampler: the grid has %d point(s), so the study stops there (n_trials=%d)",
+                         size, total)
+            total = min(total, size)
+        self.study_spec = {"study_name": name, "storage": storage_url, "pruner": self.pruner_name,
+                           "pruner_kwargs": self.pruner_kwargs, "directions": self.directions, "jobs": {}}
         done = len(study.get_trials(deepcopy=False, states=DONE))
-        log.info("Optuna study %s in %s: %d of %d trials done, search space %s", name, storage_url, done,
-                 self.n_trials, {k: str(v) for k, v in dists.items()})
-        failures = sum(1 for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.FAIL)
-        while done < self.n_trials:
-            trials = [study.ask(dists) for _ in range(min(self.n_jobs, self.n_trials - done))]
-            overrides = [
-                tuple(f"{k}={encode(v)}" for k, v in t.params.items()) + tuple(fixed)
-                + (f"sweep.study_file='{study_file}'", f"sweep.trial_id={t._trial_id}",
-                   f"sweep.trial_number={t.number}")
-                for t in trials
-            ]
-            returns = self.launcher.launch(overrides, initial_job_idx=self.job_idx)
-            self.job_idx += len(returns)
-            for trial, ret in zip(trials, returns):
-                state, value = self._outcome(trial, ret)
-                study.tell(trial, value if state == optuna.trial.TrialState.COMPLETE else None, state=state)
-                failures += state == optuna.trial.TrialState.FAIL
-            done += len(trials)
-            if failures / done > self.max_failure_rate:
-                self._write_results(study, name, storage_url)
-                raise RuntimeError(f"{failures} of {done} trials failed, above hydra.sweeper.max_failure_rate="
-                                   f"{self.max_failure_rate}; see the failed jobs' logs in {self.sweep_dir}")
+        log.info("Optuna study %s (%s, %s): %d of %d trials done; search space %s%s", name,
+                 type(sampler).__name__, "/".join(self.directions), done, total,
+                 {k: str(v) for k, v in space.distributions.items()} or "(none: the fixed parameters only)",
+                 f" + {self.custom_search_space}" if self.extend else "")
+        if self.storage is None:
+            log.info("storage=null: the study is kept in %s (Hydra's official plugin keeps it in memory); "
+                     "running this command again continues it up to n_trials=%d in total", storage_url, total)
+        if done >= total:
+            log.warning("nothing to run: study %s already has %d finished trials (n_trials=%d). Raise "
+                        "hydra.sweeper.n_trials to continue it, or start a fresh study with "
+                        "hydra.sweeper.study_name=<new name>%s", name, done, total,
+                        f" (or delete {storage_url})" if self.storage is None else "")
+        while done < total:
+            done += self._run_batch(study, space, min(self.n_jobs, total - done))
         self._write_results(study, name, storage_url)
 
-    @staticmethod
-    def _outcome(trial, ret) -> tuple[optuna.trial.TrialState, Optional[float]]:
-        if ret.status == JobStatus.FAILED:
-            err = ret._return_value
-            if isinstance(err, optuna.TrialPruned):
-                log.info("trial %d pruned: %s", trial.number, err)
-                return optuna.trial.TrialState.PRUNED, None
-            log.warning("trial %d failed: %r", trial.number, err)
-            return optuna.trial.TrialState.FAIL, None
-        value = ret.return_value
-        if value is None or not isinstance(value, (int, float)) or value != value:
-            log.warning("trial %d returned %r, not a number: recorded as failed", trial.number, value)
-            return optuna.trial.TrialState.FAIL, None
-        return optuna.trial.TrialState.COMPLETE, float(value)
+    def _run_batch(self, study: optuna.Study, space: SearchSpace, size: int) -> int:
+        trials = [study.ask(fixed_distributions=space.distributions) for _ in range(size)]
+        overrides = [self._trial_overrides(t, space) for t in trials]
+        for i, (trial, job_overrides) in enumerate(zip(trials, overrides)):  # how a job finds its trial
+            self.study_spec["jobs"][str(self.job_idx + i)] = {
+                "trial_id": trial._trial_id, "number": trial.number, "overrides": job_overrides}
+        write_study_file(self.sweep_dir / STUDY_FILE, self.study_spec)
+        returns = self.launcher.launch([tuple(o) for o in overrides], initial_job_idx=self.job_idx)
+        self.job_idx += len(returns)
+        failed = []
+        for trial, job_overrides, ret in zip(trials, overrides, returns):
+            out = outcome(ret, len(self.directions))
+            if out.state == State.FAIL:
+                log.warning("trial %d failed: %s", trial.number, out.reason)
+                out_dir = OmegaConf.select(ret.hydra_cfg, "hydra.runtime.output_dir") if ret.hydra_cfg else None
+                failed.append((trial.number, job_overrides, out, out_dir))
+            elif out.state == State.PRUNED:
+                log.info("trial %d pruned: %s", trial.number, out.reason)
+            self._tell(study, trial, out.state, out.values)
+        if failed and len(failed) / len(returns) > self.max_failure_rate:
+            self._write_results(study, study.study_name, self.storage_url)
+            raise TrialsFailed(failure_report(failed, len(returns), self.max_failure_rate))
+        return len(trials)
 
-    def _write_results(self, study, name: str, storage_url: str) -> None:
-        states = {s.name: 0 for s in optuna.trial.TrialState}
-        for t in study.get_trials(deepcopy=False):
-            states[t.state.name] += 1
-        results: dict[str, Any] = {"name": "optuna", "study_name": name, "storage": storage_url,
-                                   "direction": self.direction, "n_trials": len(study.trials),
-                                   "states": {k: v for k, v in states.items() if v}}
-        if states["COMPLETE"]:
-            results.update(best_params=dict(study.best_params), best_value=float(study.best_value),
-                           best_trial=study.best_trial.number)
+    @staticmethod
+    def _tell(study: optuna.Study, trial: optuna.trial.Trial, state: State, values: Optional[list[float]]) -> None:
+        try:
+            study.tell(trial, values if state == State.COMPLETE else None, state=state)
+        except RuntimeError as err:
+            # The grid sampler stops the study once the grid is covered, which Optuna only allows inside
+            # study.optimize; the trial's state is stored before that (optuna.study._tell).
+            if "Study.stop" not in str(err):
+                raise
+
+    def _write_results(self, study: optuna.Study, name: str, storage_url: str) -> None:
+        trials = study.get_trials(deepcopy=False)
+        states: dict[str, int] = {}
+        for t in trials:
+            states[t.state.name] = states.get(t.state.name, 0) + 1
+        results: dict[str, Any] = {"name": "optuna"}
+        complete = states.get("COMPLETE", 0)
+        if len(self.directions) == 1 and complete:
+            best = study.best_trial
+            results.update(best_params=dict(best.params), best_value=float(best.value))
+            log.info("Best parameters: %s", best.params)
+            log.info("Best value: %s (trial %d)", best.value, best.number)
+        elif complete:
+            results["solutions"] = [{"params": dict(t.params), "values": [float(v) for v in t.values],
+                                     "trial": t.number} for t in study.best_trials]
+            log.info("Pareto front: %d trial(s)", len(results["solutions"]))
+            for s in results["solutions"]:
+                log.info("    values %s, params %s", s["values"], s["params"])
+        else:
+            log.warning("no trial completed: optimization_results.yaml has no best parameters")
+        if len(self.directions) == 1 and complete:
+            results["best_trial"] = study.best_trial.number
+        results.update(study_name=name, storage=storage_url, direction=self.directions[0] if len(
+            self.directions) == 1 else list(self.directions), n_trials=len(trials), states=states)
         out = self.sweep_dir / "optimization_results.yaml"
+        out.parent.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(OmegaConf.create(results), out)
-        log.info("results written to %s: %s", out, results.get("best_params"))
+        log.info("results written to %s", out)

@@ -12,10 +12,18 @@ from hydra_plugins.hydralign_optuna_sweeper import config as _registers_optuna_s
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, sampler: Any = None, direction: Any = "minimize", storage: Optional[Any] = None,
+                 study_name: Optional[str] = None, n_trials: int = 20, n_jobs: int = 2,
+                 max_failure_rate: float = 0.0, params: Optional[Any] = None,
+                 custom_search_space: Optional[str] = None, pruner: str = "none", pruner_kwargs: Any = None,
+                 sampler_seed: Optional[int] = None, sampler_kwargs: Any = None) -> None:
         from hydra_plugins.hydralign_optuna_sweeper._impl import OptunaSweeperImpl
 
-        self.sweeper = OptunaSweeperImpl(**kwargs)
+        self.sweeper = OptunaSweeperImpl(
+            sampler=sampler, direction=direction, storage=storage, study_name=study_name, n_trials=n_trials,
+            n_jobs=n_jobs, max_failure_rate=max_failure_rate, params=params,
+            custom_search_space=custom_search_space, pruner=pruner, pruner_kwargs=pruner_kwargs,
+            sampler_seed=sampler_seed, sampler_kwargs=sampler_kwargs)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)

@@ -73,10 +73,12 @@ class DPOConfig(MethodConfig):
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"
+    name: str = "adamw"  # adamw | adamw_fused | sgd | adafactor (hydralign/optimizers.py)
     lr: float = "${lr}"  # type: ignore[assignment]  # the top-level lr, so sweeps override one key
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
+    eps: float = 1e-8  # adamw
+    momentum: float = 0.9  # sgd
+    nesterov: bool = False  # sgd
     weight_decay: float = 0.0  # not applied to biases and norm weights
     grad_clip: Optional[float] = 1.0  # max global grad norm; null disables clipping
 
@@ -121,7 +123,6 @@ class ArithmeticConfig:
 
     num_train: int = 20000
     num_val: int = 500
-    num_test: int = 500
     max_digits: int = 3
     pad_operands: bool = True  # "007+042=": digits at fixed positions (much faster to learn)
     system_prompt: Optional[str] = None
@@ -200,15 +201,6 @@ class CheckpointConfig:
 
 
 @dataclass
-class SweepConfig:
-    """Set by hydralign's Optuna sweeper for each trial it launches; empty in a plain run."""
-
-    study_file: Optional[str] = None  # <sweep dir>/study.json: storage, study name, pruner, direction
-    trial_id: Optional[int] = None  # Optuna's storage id of this job's trial
-    trial_number: Optional[int] = None
-
-
-@dataclass
 class Config:
     lr: float = 1e-3
     seed: int = 0
@@ -216,7 +208,8 @@ class Config:
     init_from: Optional[str] = None  # HF directory or .ckpt whose weights start the run
     resume: Optional[str] = None  # a run directory or .ckpt to continue; "auto" = this run_dir's last.ckpt
     run_dir: Optional[str] = None  # null: Hydra's output dir
-    optimized_metric: Optional[str] = "val/exact_match"  # what run(cfg) returns (sweeps)
+    # What a sweep's job returns: a metric name, or a list of names for a multi-objective Optuna study.
+    optimized_metric: Any = "val/exact_match"
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
@@ -228,7 +221,6 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    sweep: SweepConfig = field(default_factory=SweepConfig)
     # Passed through to lightning.Trainer. trainer.max_steps or trainer.max_epochs sets the length
     # of training; the plan turns epochs into optimizer steps.
     trainer: dict[str, Any] = field(default_factory=dict)

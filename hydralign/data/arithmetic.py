@@ -3,26 +3,29 @@
 Reversed digits let a left-to-right decoder emit the least significant digit first, so the carry
 is always known when a digit is written; zero-padded operands put every digit at a fixed position.
 Together they let a tiny model learn the task in minutes. Pairs are drawn
-without repetition from one seeded stream and cut into disjoint train/val/test splits.
+without repetition from one seeded stream and cut into disjoint train/val splits.
 """
 
 from __future__ import annotations
 
 import random
 
+from hydralign.errors import ConfigError
+
 
 def answer(a: int, b: int) -> str:
     return str(a + b)[::-1]
 
 
-def make_splits(seed: int, num_train: int, num_val: int, num_test: int, max_digits: int,
+def make_splits(seed: int, num_train: int, num_val: int, max_digits: int,
                 system_prompt: str | None = None, pad_operands: bool = True) -> dict[str, list[dict]]:
-    """Return ``{"train": [...], "val": [...], "test": [...]}`` of chat records."""
+    """Return ``{"train": [...], "val": [...]}`` of chat records."""
     bound = 10**max_digits
-    total = num_train + num_val + num_test
+    total = num_train + num_val
     if total > bound * bound // 2:
-        raise ValueError(f"{total} distinct sums requested but max_digits={max_digits} offers only "
-                         f"{bound * bound} pairs; raise data.arithmetic.max_digits")
+        raise ConfigError(f"{total} distinct sums requested (data.arithmetic.num_train + num_val) but "
+                          f"data.arithmetic.max_digits={max_digits} offers only {bound * bound // 2}; raise "
+                          "data.arithmetic.max_digits or lower the split sizes")
     rng = random.Random(seed)
     seen: set[tuple[int, int]] = set()
     pairs: list[tuple[int, int]] = []
@@ -40,12 +43,8 @@ def make_splits(seed: int, num_train: int, num_val: int, num_test: int, max_digi
             messages.insert(0, {"role": "system", "content": system_prompt})
         return {"messages": messages}
 
-    cut1, cut2 = num_train, num_train + num_val
-    return {
-        "train": [record(a, b) for a, b in pairs[:cut1]],
-        "val": [record(a, b) for a, b in pairs[cut1:cut2]],
-        "test": [record(a, b) for a, b in pairs[cut2:]],
-    }
+    return {"train": [record(a, b) for a, b in pairs[:num_train]],
+            "val": [record(a, b) for a, b in pairs[num_train:]]}
 
 
 def wrong_answer(correct: str, rng: random.Random) -> str:

@@ -23,13 +23,12 @@ from hydralign.data.tokenize import IGNORE, Example
 
 
 class WindowSchedule:
-    def __init__(self, units: list[int], effective: int, micro: int, world_size: int, rank: int,
-                 seed: int, shuffle: bool = True):
+    def __init__(self, units: list[int], effective: int, micro: int, world_size: int, rank: int, seed: int):
         """``units[i]``: what example i adds to its window's normalizer (its loss tokens, or 1 pair)."""
         assert effective % (micro * world_size) == 0, "the plan guarantees divisibility"
         self.tokens = torch.tensor(units, dtype=torch.long)
         self.n, self.effective, self.micro = len(units), effective, micro
-        self.world_size, self.rank, self.seed, self.shuffle = world_size, rank, seed, shuffle
+        self.world_size, self.rank, self.seed = world_size, rank, seed
         self.grad_accum = effective // (micro * world_size)
         self.windows_per_epoch = self.n // effective
         if self.windows_per_epoch < 1:
@@ -38,12 +37,8 @@ class WindowSchedule:
 
     def _permutation(self, epoch: int) -> torch.Tensor:
         if self._perm is None or self._perm[0] != epoch:
-            if self.shuffle:
-                gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-                perm = torch.randperm(self.n, generator=gen)
-            else:
-                perm = torch.arange(self.n)
-            self._perm = (epoch, perm)
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=gen))
         return self._perm[1]
 
     def window(self, step: int) -> torch.Tensor:

@@ -47,7 +47,7 @@ def load_records(cfg: Any, kind: str = "sft") -> tuple[dict[str, list], dict[str
     to_item = _converter(cfg, kind, skipped)
     if dcfg.source == "arithmetic":
         a = dcfg.arithmetic
-        splits = make_splits(cfg.seed, a.num_train, a.num_val, a.num_test, a.max_digits, a.system_prompt,
+        splits = make_splits(cfg.seed, a.num_train, a.num_val, a.max_digits, a.system_prompt,
                              a.pad_operands)
         out = {}
         for split in ("train", "val"):

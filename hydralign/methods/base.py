@@ -17,6 +17,7 @@ import torch
 
 from hydralign.data.tokenize import GenerationExample
 from hydralign.evaluation import exact_match, exact_match_flex, is_repetitive
+from hydralign.optimizers import build_optimizer
 from hydralign.plan import Plan
 from hydralign.schedules import lr_factor
 
@@ -86,7 +87,7 @@ class PostTrainingModule(L.LightningModule):
                 (decay if p.ndim >= 2 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": ocfg.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=plan.lr, betas=tuple(ocfg.betas), eps=ocfg.eps)
+        opt = build_optimizer(groups, ocfg, plan.lr)  # optimizer.name: adamw | adamw_fused | sgd | adafactor
         total, warmup = plan.total_steps, plan.warmup_steps or 0
 
         def factor(step: int) -> float:

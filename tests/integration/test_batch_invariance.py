@@ -54,7 +54,7 @@ def test_micro_batches_really_have_unequal_token_counts():
 
 @pytest.fixture(scope="module")
 def recorders(tmp_path_factory):
-    from tests.conftest import tiny_cfg
+    from tests.helpers import tiny_cfg
 
     out = {}
     for micro, _ in SPLITS:

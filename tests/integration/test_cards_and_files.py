@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
 from hydralign.train import run
-from tests.conftest import CONF, tiny_cfg
+from tests.helpers import CONF, compose_cfg, tiny_cfg
 
 CARDS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
-SHRINK = ["model=tiny", "hardware=cpu", "data=arithmetic", "data.max_seq_len=64", "batch.effective=8",
+SHRINK = ["model=tiny", "hardware=cpu", "data=arithmetic", "data.max_seq_len=64", "batch.effective=8", "batch.grad_accum=null",
           "batch.micro=4", "trainer.max_epochs=null", "trainer.max_steps=4", "eval.every_n_steps=2",
           "eval.max_new_tokens=6", "eval.num_generate=8", "checkpoint.every_n_steps=2", "logger=none",
           "data.arithmetic.num_train=256", "data.arithmetic.num_val=32", "schedule.warmup_steps=null",
@@ -21,7 +22,11 @@ SHRINK = ["model=tiny", "hardware=cpu", "data=arithmetic", "data.max_seq_len=64"
 @pytest.mark.parametrize("card", CARDS)
 def test_card_trains_at_tiny_scale(card, tmp_path):
     cfg = tiny_cfg(tmp_path, [f"experiment={card}"] + SHRINK)
-    assert cfg.optimizer.weight_decay == 0.1 and list(cfg.optimizer.betas) == [0.9, 0.95]  # the card's own
+    card_cfg = compose_cfg([f"experiment={card}"])
+    for group in ("optimizer", "method"):  # shrinking keeps the card's own optimizer and method settings
+        assert OmegaConf.to_container(cfg[group], resolve=True) == OmegaConf.to_container(card_cfg[group],
+                                                                                         resolve=True), group
+    assert cfg.schedule.name == card_cfg.schedule.name
     metrics = run(cfg)
     assert metrics["train/steps"] == 4 and metrics["val/loss"] > 0
     assert (tmp_path / "run" / "checkpoints" / "step000004.ckpt").is_file()

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from hydralign.errors import ConfigError
 from hydralign.plan import make_plan
 from hydralign.train import run
-from tests.conftest import CONF, REPO, compose_cfg, tiny_cfg
+from tests.helpers import CONF, REPO, compose_cfg, tiny_cfg
 
 # card -> the recipe's numbers. world = nodes x devices; eff = world x micro x accum.
 EXPECTED = {
@@ -49,7 +49,7 @@ SHRINK = ["model=tiny", "hardware=cpu", "data=arithmetic", "data.max_seq_len=64"
           "batch.micro=4", "batch.grad_accum=2", "trainer.max_epochs=null", "trainer.max_steps=2",
           "eval.every_n_steps=2", "eval.num_generate=2", "eval.max_new_tokens=4", "eval.at_start=false",
           "checkpoint.every_n_steps=null", "checkpoint.export_hf=false", "logger=none",
-          "data.arithmetic.num_train=64", "data.arithmetic.num_val=8", "data.arithmetic.num_test=4",
+          "data.arithmetic.num_train=64", "data.arithmetic.num_val=8",
           "schedule.warmup_steps=null", "schedule.warmup_ratio=0.5"]
 
 

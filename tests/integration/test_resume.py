@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from hydralign.train import run
-from tests.conftest import tiny_cfg
+from tests.helpers import tiny_cfg
 
 COMMON = ["trainer.max_steps=12", "eval.every_n_steps=4", "checkpoint.every_n_steps=4", "logger=none",
           "eval.num_generate=8", "checkpoint.export_hf=false", "batch.effective=8", "batch.micro=4"]

@@ -8,21 +8,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from hydralign.train import run
-from tests.conftest import tiny_cfg
-
-# The default task, shrunk to 2-digit sums so a CI-sized run learns it.
-LEARN = ["data.arithmetic.max_digits=2", "data.arithmetic.num_train=4000", "data.arithmetic.num_val=128",
-         "eval.num_generate=128", "trainer.max_steps=500", "eval.every_n_steps=250",
-         "checkpoint.every_n_steps=200", "checkpoint.keep_last_k=1", "trainer.log_every_n_steps=10"]
-
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("sft")
-    cfg = tiny_cfg(tmp, LEARN)
-    metrics = run(cfg)
-    return cfg, metrics, tmp
+def trained(sft_trained):
+    return sft_trained
 
 
 def _history(client, run_id, key):

@@ -4,6 +4,7 @@ effective batch: the loss normalization holds across devices, not only across ac
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,13 +54,14 @@ def test_pruning_under_ddp_stops_every_rank_together(tmp_path):
     trial = study.ask()
     study_file = tmp_path / "study.json"
     write_study_file(study_file, {"study_name": "ddp", "storage": journal, "pruner": "threshold",
-                                  "pruner_kwargs": {"lower": 0.5}, "direction": "maximize"})
+                                  "pruner_kwargs": {"lower": 0.5}, "directions": ["maximize"]})
     torchrun = str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "HYDRALIGN_OPTUNA_STUDY": str(study_file), "HYDRALIGN_OPTUNA_TRIAL_ID": str(trial._trial_id),
+           "HYDRALIGN_OPTUNA_TRIAL_NUMBER": "0"}  # how ranks started by hand name their trial
     out = subprocess.run([torchrun, "--nproc-per-node", "2", "-m", "hydralign", "hardware=cpu_2proc", *COMMON,
                           "trainer.max_steps=20", "optimized_metric=val/exact_match",
-                          f"sweep.study_file={study_file}", f"sweep.trial_id={trial._trial_id}",
-                          "sweep.trial_number=0", f"hydra.run.dir={tmp_path / 'run'}"],
-                         capture_output=True, text=True, cwd=tmp_path, timeout=600)  # a hang = a rank kept going
+                          f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)  # a hang = a rank kept going
     assert "trial 0 pruned at step 5" in out.stderr, out.stderr[-3000:]
     reloaded = optuna.load_study(study_name="ddp", storage=make_storage(journal)).trials[0]
     assert reloaded.intermediate_values == {5: 0.0}  # rank 0 reported once, at the first validation

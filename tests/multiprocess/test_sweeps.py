@@ -43,7 +43,7 @@ def optuna_sweep(tmp_path_factory):
     args = ["+sweeps=lr_search", "trainer.max_steps=24", "eval.every_n_steps=4", "optimized_metric=val/loss",
             "hydra.sweeper.direction=minimize", "hydra.sweeper.n_trials=6",
             "hydra.sweeper.pruner_kwargs.n_warmup_steps=0", "hydra.sweeper.pruner_kwargs.n_startup_trials=2",
-            "hydra.sweeper.sampler_kwargs.n_startup_trials=6"]
+            "hydra.sweeper.sampler.n_startup_trials=6"]
     first = sweep(tmp, *args, name="first")
     again = sweep(tmp, *[a.replace("n_trials=6", "n_trials=8") for a in args], name="again")
     return tmp, first, again
@@ -78,6 +78,10 @@ def test_optuna_sweep_in_mlflow(optuna_sweep):
     assert "optimization_results.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert len(runs) == 6
     assert sorted(int(r.data.tags["trial_number"]) for r in runs) == list(range(6))
+    for r in runs:  # named by trial and sampled value, not MLflow's random names
+        assert r.info.run_name.startswith(f"trial {r.data.tags['trial_number']}: lr=")
+        assert r.data.tags["overrides"].startswith("lr=")
+    assert len({r.info.run_name for r in runs}) == 6
     for r in runs:
         assert r.data.tags["sweep_id"] == info["sweep_id"]
         state = r.data.tags["trial_state"]
@@ -101,7 +105,17 @@ def test_parallel_jobs_lose_no_metric(grid_sweep):
         assert r.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(r.info.run_id, "val/loss")] == [0, 5, 10]
         assert [m.step for m in client.get_metric_history(r.info.run_id, "train/loss")] == [2, 4, 6, 8, 10]
+        tokens = client.get_metric_history(r.info.run_id, "train/tokens_seen")
+        assert [m.step for m in tokens] == [2, 4, 6, 8, 10] and 0 < tokens[0].value < tokens[-1].value
         assert r.data.params["effective_batch"] == "32"
+
+
+def test_grid_runs_are_named_by_their_cell(grid_sweep):
+    _, (_, sweep_dir) = grid_sweep
+    _, _, runs = children(sweep_dir)
+    names = sorted(r.info.run_name for r in runs)
+    assert names == sorted(f"seed={s} lr={lr}" for s in range(4) for lr in ("0.001", "0.003"))
+    assert all(r.data.tags["overrides"] == r.info.run_name for r in runs)
 
 
 def test_report_table_and_files(grid_sweep):
@@ -128,6 +142,17 @@ def test_failed_job_does_not_stop_the_others(tmp_path):
     assert by_len["3"].info.status == "FAILED" and by_len["3"].data.tags["trial_state"] == "FAIL"
     assert "no train example survived" in by_len["3"].data.tags["error"]
     assert by_len["64"].info.status == "FINISHED"  # ...after every job has run
+
+
+def test_optuna_trial_with_a_bad_cell_fails_and_the_study_goes_on(tmp_path):
+    """A config error in a cell Optuna sampled is that trial's FAIL; the other trial still trains."""
+    out, sweep_dir = sweep(tmp_path, "hydra/sweeper=optuna", "hydra/sweeper/sampler=grid", "batch.micro=choice(3,4)",
+                           "batch.effective=8", "optimized_metric=val/loss", "hydra.sweeper.max_failure_rate=1.0",
+                           "hydra.sweeper.n_jobs=1", "trainer.max_steps=2", "eval.every_n_steps=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "batch.effective=8 is not divisible by world_size 1 x batch.micro 3" in out.stdout + out.stderr
+    results = (sweep_dir / "optimization_results.yaml").read_text()
+    assert "COMPLETE: 1" in results and "FAIL: 1" in results and "batch.micro: 4" in results
 
 
 def _free_port() -> int:

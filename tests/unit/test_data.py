@@ -25,18 +25,17 @@ def tok():
 
 
 def test_arithmetic_is_deterministic_disjoint_and_reversed():
-    a = make_splits(seed=3, num_train=300, num_val=50, num_test=50, max_digits=2)
-    b = make_splits(seed=3, num_train=300, num_val=50, num_test=50, max_digits=2)
+    a = make_splits(seed=3, num_train=300, num_val=50, max_digits=2)
+    b = make_splits(seed=3, num_train=300, num_val=50, max_digits=2)
     assert a == b
     prompts = {k: {r["messages"][0]["content"] for r in v} for k, v in a.items()}
-    assert not prompts["train"] & prompts["val"] and not prompts["train"] & prompts["test"]
-    assert not prompts["val"] & prompts["test"]
+    assert set(prompts) == {"train", "val"} and not prompts["train"] & prompts["val"]
     assert len(prompts["train"]) == 300  # no duplicates within a split either
     assert answer(864, 394) == "8521"
     first = a["train"][0]["messages"]
     x, y = first[0]["content"].rstrip("=").split("+")
     assert len(x) == len(y) == 2 and first[1]["content"] == str(int(x) + int(y))[::-1]
-    assert make_splits(seed=4, num_train=300, num_val=50, num_test=50, max_digits=2) != a
+    assert make_splits(seed=4, num_train=300, num_val=50, max_digits=2) != a
 
 
 def test_chatml_render_and_mask(tok):

@@ -6,7 +6,7 @@ import pytest
 
 from hydralign import hardware
 from hydralign.errors import ConfigError
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 
 def hw(name):
@@ -18,8 +18,10 @@ def test_cpu_presets(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("SLURM_PROCID", raising=False)
     hardware.check_machine(hw("cpu"))
-    with pytest.raises(ConfigError, match=r"torchrun --nnodes 1 --nproc-per-node 2 -m hydralign"):
+    with pytest.raises(ConfigError, match=r"torchrun --nnodes 1 --nproc-per-node 2 -m hydralign") as err:
         hardware.check_machine(hw("cpu_2proc"))  # processes come from a launcher, never a re-launch
+    assert "PITFALLS" not in str(err.value)  # a document users do not have; the reason is said instead
+    assert "breaks under Hydra multiruns" in str(err.value)
     monkeypatch.setenv("LOCAL_RANK", "0")
     hardware.check_machine(hw("cpu_2proc"))
 

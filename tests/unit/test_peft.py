@@ -24,7 +24,7 @@ from hydralign.models.peft import (
     trainable_summary,
 )
 from hydralign.models.peft_checks import check_peft
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 R = 4
 

@@ -6,7 +6,7 @@ import pytest
 
 from hydralign.errors import ConfigError
 from hydralign.plan import format_plan, make_plan
-from tests.conftest import compose_cfg
+from tests.helpers import compose_cfg
 
 
 @pytest.mark.parametrize(
@@ -78,6 +78,14 @@ def test_unknown_size_leaves_steps_open():
         (["lr=0"], "must be > 0"),
         (["eval.num_generate=0"], "checkpoint.monitor=val/exact_match comes from generation"),
         (["schedule=multistep", "schedule.milestones=[0.9,0.8]", "schedule.warmup_steps=0"], "increasing"),
+        # values a new user tries: each names the key and the valid range
+        (["batch.effective=0"], r"batch.effective=0 must be >= 1 \(examples per optimizer step"),
+        (["batch.effective=0", "batch.micro=2"], "batch.effective=0 must be >= 1"),
+        (["trainer.max_steps=0"], r"trainer.max_steps=0 must be >= 1 \(optimizer steps\); or set it to null"),
+        (["trainer.max_steps=null", "trainer.max_epochs=0"], "trainer.max_epochs=0 must be > 0"),
+        (["seed=-1"], r"seed=-1 must be in \[0, 4294967295\]"),
+        (["seed=4294967296"], "must be in"),
+        (["optimizer.name=lion"], "optimizer.name=lion is unknown; choose one of: adamw, adamw_fused, sgd, adafactor"),
     ],
 )
 def test_config_errors(overrides, pattern):
@@ -92,3 +100,18 @@ def test_plan_module_imports_no_torch():
     code = "import sys, hydralign.plan, hydralign.hardware, hydralign.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_schedule_default_has_one_source():
+    """A config without a schedule gets the schema's default, the same one conf/config.yaml picks."""
+    from omegaconf import OmegaConf
+
+    from hydralign.config.schema import ScheduleConfig
+
+    cfg = OmegaConf.to_container(compose_cfg([]), resolve=True)
+    assert cfg["schedule"].pop("name") == ScheduleConfig.name
+    assert make_plan(cfg).schedule == ScheduleConfig.name
+
+
+def test_model_size_is_printed_when_the_card_states_it():
+    assert "deepseek_llm_7b (6.9e+09 parameters)" in format_plan(make_plan(compose_cfg(["experiment=deepseek_llm_7b_sft"])))

@@ -1,0 +1,163 @@
+"""Refuse a multirun before anything starts when one of its jobs cannot run.
+
+A Hydra callback, first in ``hydra.callbacks`` (before the MLflow parent run exists). For Hydra's
+basic sweeper, every cell of the grid is composed and planned (``make_plan``, and the hardware check
+unless ``dry_run``): if any cell fails, no job runs and the message lists each bad cell with its
+overrides and its fix (exit 2). Other sweepers (Optuna samples its cells as it goes) get the hardware
+check of the base config; a sampled cell that fails its plan is that trial's FAIL. For the Optuna
+sweeper, its direction(s) must fit ``optimized_metric`` (it minimizes unless told).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from typing import Any, Optional
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+OPTUNA_SWEEPER = "hydra_plugins.hydralign_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+def parsed_overrides(config: DictConfig) -> list:
+    """The sweep's overrides as the sweeper reads them: ``hydra.sweeper.params``, then the command line."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
+    lines = [f"{k}={v}" for k, v in (OmegaConf.to_container(params) if params is not None else {}).items()]
+    lines += list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    return OverridesParser.create(config_loader=loader).parse_overrides(lines)
+
+
+def fixed_keys(config: DictConfig) -> list[str]:
+    """Keys every job gets the same value for (what a run name leaves out)."""
+    return sorted({ov.get_key_element() for ov in parsed_overrides(config)
+                   if not ov.is_sweep_override() and not ov.is_delete()})
+
+
+def grid_cells(config: DictConfig) -> Optional[list[list[str]]]:
+    """Every job's overrides, in launch order, for Hydra's basic sweeper; None for other sweepers."""
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) != BASIC_SWEEPER:
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    return [cell for batch in BasicSweeper.split_arguments(parsed_overrides(config), None) for cell in batch]
+
+
+def cell_name(cell: list[str], fixed: list[str]) -> str:
+    """A cell's name: its overrides of the swept keys, as typed (``batch.effective=16 seed=0``)."""
+    shown = [o for o in cell if o.split("=", 1)[0] not in fixed]
+    return " ".join(shown) or "(fixed overrides only)"
+
+
+def repeated_names(config: DictConfig) -> list[str]:
+    """Names of grid cells that occur more than once (``seed=0,0``): their runs get the job number too."""
+    cells = grid_cells(config)
+    if cells is None:
+        return []
+    fixed = fixed_keys(config)
+    counts = Counter(cell_name(c, fixed) for c in cells)
+    return sorted(n for n, k in counts.items() if k > 1)
+
+
+def check_cell(config: DictConfig, cell: list[str], loader: Any, hardware: bool) -> Optional[str]:
+    """None if the cell composes and plans (and, with ``hardware``, this machine can run it); else why."""
+    from hydralign.errors import ConfigError
+    from hydralign.hardware import check_machine
+    from hydralign.plan import make_plan
+
+    try:
+        cfg = loader.load_sweep_config(config, list(cell))
+        make_plan(cfg)
+        if hardware:
+            check_machine(cfg.hardware)
+    except ConfigError as err:
+        return str(err)
+    except Exception as err:  # composition: an unknown option or key in this cell
+        return f"{type(err).__name__}: {err}".strip()
+    return None
+
+
+def bad_cells(config: DictConfig) -> tuple[int, list[tuple[str, str]]]:
+    """(number of cells, [(cell name, reason)]) of a basic-sweeper grid."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    cells = grid_cells(config) or []
+    fixed = fixed_keys(config)
+    loader = GlobalHydra.instance().config_loader()
+    hardware = not config.get("dry_run", False)
+    bad = []
+    for cell in cells:
+        reason = check_cell(config, cell, loader, hardware)
+        if reason is not None:
+            bad.append((cell_name(cell, fixed), reason))
+    return len(cells), bad
+
+
+def better_when(config: DictConfig, metric: str) -> Optional[str]:
+    """``maximize`` or ``minimize`` for a metric hydralign logs, None when unknown."""
+    if metric == OmegaConf.select(config, "checkpoint.monitor", default=None):
+        return "maximize" if OmegaConf.select(config, "checkpoint.mode", default="max") == "max" else "minimize"
+    name = metric.lower()
+    if "loss" in name or "repetition" in name:
+        return "minimize"
+    if any(word in name for word in ("exact_match", "accurac", "margin")):
+        return "maximize"
+    return None
+
+
+def direction_problem(config: DictConfig) -> Optional[str]:
+    """A mismatch between the Optuna sweeper's direction(s) and ``optimized_metric``: its default is
+    minimize (as in Hydra's official plugin), which would silently make val/exact_match worse."""
+    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) != OPTUNA_SWEEPER:
+        return None
+    direction = OmegaConf.select(config, "hydra.sweeper.direction", default="minimize")
+    directions = [str(d).lower() for d in (direction if OmegaConf.is_list(direction) else [direction])]
+    names = OmegaConf.select(config, "optimized_metric", default=None)
+    if not names:
+        return "optimized_metric=null: the jobs would return nothing to optimize; set optimized_metric=<metric>"
+    names = [names] if isinstance(names, str) else [str(n) for n in names]
+    expected = [better_when(config, n) or d for n, d in zip(names, directions)]
+    if len(names) != len(directions):
+        return (f"hydra.sweeper.direction={directions} has {len(directions)} direction(s) for optimized_metric="
+                f"{names}: give one direction per metric")
+    if expected != directions:
+        shown = expected[0] if len(expected) == 1 else "[" + ",".join(expected) + "]"
+        return (f"hydra.sweeper.direction={directions if len(directions) > 1 else directions[0]} does not fit "
+                f"optimized_metric={names if len(names) > 1 else names[0]}: add hydra.sweeper.direction={shown} "
+                "(the Optuna sweeper minimizes unless told, as Hydra's official plugin does)")
+    return None
+
+
+def refuse(message: str) -> None:
+    print(f"hydralign: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+class GridCheck(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        problem = direction_problem(config)
+        if problem:
+            refuse(problem)
+        if grid_cells(config) is None:
+            if not config.get("dry_run", False):
+                from hydralign.errors import ConfigError
+                from hydralign.hardware import check_machine
+
+                try:  # a preset this machine cannot run fails every trial alike
+                    check_machine(config.hardware)
+                except ConfigError as err:
+                    refuse(str(err))
+            return
+        started = time.perf_counter()
+        total, bad = bad_cells(config)
+        if bad:
+            lines = [f"{len(bad)} of {total} cells of this grid cannot run, so no job was started "
+                     f"(checked in {time.perf_counter() - started:.1f} s):"]
+            lines += [f"  {name}: {reason}" for name, reason in bad]
+            refuse("\n".join(lines))
