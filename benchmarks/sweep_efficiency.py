@@ -60,7 +60,7 @@ def main() -> None:
     grid_dir, grid_wall = sweep(out, "grid", ["lr=1e-4,3e-4,1e-3,3e-3,1e-2", "seed=0,1,2"])
     opt_dir, opt_wall = sweep(out, "optuna", [
         "+sweeps=lr_search", "hydra.sweeper.direction=minimize", "hydra.sweeper.n_trials=8",
-        "hydra.sweeper.sampler_kwargs.n_startup_trials=3", "hydra.sweeper.pruner_kwargs.n_startup_trials=2",
+        "hydra.sweeper.sampler.n_startup_trials=3", "hydra.sweeper.pruner_kwargs.n_startup_trials=2",
         "hydra.sweeper.pruner_kwargs.n_warmup_steps=200", f"hydra.sweeper.storage={out}/optuna.journal",
         f"hydra.sweeper.study_name=bench-{int(time.time())}"])
     grid, opt = children(grid_dir), children(opt_dir)

@@ -130,6 +130,10 @@ def test_report_table_and_files(grid_sweep):
     assert len(rows) == 3 and all(",4,0,0," in row for row in rows[1:])  # 4 runs, 0 failed, 0 pruned
     for png in ("curves.png", "val_exact_match_vs_lr.png"):
         assert (sweep_dir / png).stat().st_size > 1000
+    tokens = subprocess.run([sys.executable, "-m", "hydralign.report", str(sweep_dir), "--x", "tokens"],
+                            capture_output=True, text=True, timeout=300)
+    assert tokens.returncode == 0, tokens.stderr
+    assert (sweep_dir / "curves_vs_tokens.png").stat().st_size > 1000
 
 
 def test_failed_job_does_not_stop_the_others(tmp_path):
