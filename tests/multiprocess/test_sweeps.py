@@ -159,6 +159,19 @@ def test_optuna_trial_with_a_bad_cell_fails_and_the_study_goes_on(tmp_path):
     assert "COMPLETE: 1" in results and "FAIL: 1" in results and "batch.micro: 4" in results
 
 
+def test_two_objectives_log_the_pareto_front_to_the_parent(tmp_path):
+    out, sweep_dir = sweep(tmp_path, "hydra/sweeper=optuna", "hydra/sweeper/sampler=nsgaii",
+                           "lr=tag(log, interval(1e-4, 1e-2))", "optimized_metric=[val/loss,val/exact_match]",
+                           "hydra.sweeper.direction=[minimize,maximize]", "hydra.sweeper.n_trials=2",
+                           "hydra.sweeper.n_jobs=1", "trainer.max_steps=2", "eval.every_n_steps=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    client, info, runs = children(sweep_dir)
+    parent = client.get_run(info["parent_run_id"])
+    front = json.loads(parent.data.tags["pareto_front"])
+    assert front and all(len(s["values"]) == 2 for s in front)
+    assert parent.data.metrics["pareto_size"] == len(front) and len(runs) == 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
