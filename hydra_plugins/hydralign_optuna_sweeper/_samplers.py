@@ -3,7 +3,6 @@ Optuna sampler. Imported only when a sweep starts."""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import fields
 from typing import Any, Optional
 
@@ -13,8 +12,6 @@ from hydra.utils import get_class, get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.hydralign_optuna_sweeper.config import OBJECT_ARGS, REMOVED_SAMPLERS, SAMPLERS
-
-log = logging.getLogger(__name__)
 
 
 class SamplerError(CompactHydraException, ValueError):
