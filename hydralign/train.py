@@ -30,15 +30,19 @@ def default_run_dir() -> Path:
         raise ConfigError("run_dir is not set and Hydra is not running: pass run_dir=/some/dir") from None
 
 
+def check_trainable(plan: Plan) -> None:
+    """What this version cannot train yet, refused before any data, model or MLflow run exists."""
+    if plan.world_size > 1 and plan.strategy not in ("ddp", "auto"):
+        raise ConfigError(f"hardware.strategy={plan.strategy} is not wired into training yet (dry_run=true "
+                          "prints its plan); train with hardware.strategy=ddp")
+
+
 def _strategy(plan: Plan, hw: Any):
     if plan.world_size == 1:
         return "auto"
-    if plan.strategy in ("ddp", "auto"):
-        from lightning.pytorch.strategies import DDPStrategy
+    from lightning.pytorch.strategies import DDPStrategy
 
-        return DDPStrategy(process_group_backend=hw.process_backend)
-    raise ConfigError(f"hardware.strategy={plan.strategy} is not wired into training yet; use "
-                      "hardware.strategy=ddp")
+    return DDPStrategy(process_group_backend=hw.process_backend)
 
 
 def build_trainer(cfg: Any, plan: Plan, run_dir: Path, logger: Any, callbacks: list):
@@ -93,6 +97,7 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     run_id: Optional[str] = id_file.read_text().strip() if ckpt_path and id_file.is_file() else None
     # The MLflow run exists from the start, so a job that fails while loading data is a FAILED run.
     config_plan = make_plan(cfg)
+    check_trainable(config_plan)
     logger = make_logger(cfg, config_plan, run_dir, run_id=run_id)
     if logger is not None and _rank_zero():
         id_file.write_text(logger.run_id)
@@ -125,7 +130,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     from hydralign.data.module import PostTrainingData
     from hydralign.data.templates import template_for
     from hydralign.methods.registry import get_method
-    from hydralign.models import build_model, build_tokenizer, load_weights
+    from hydralign.models import build_tokenizer
     from hydralign.models.peft import apply_peft, trainable_summary
     from hydralign.tracking import log_run_start
 
@@ -151,9 +156,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     trainer = build_trainer(cfg, plan, run_dir, logger,
                             ckpt_cbs + callbacks + [StartupTimer(started), TokensSeen()])
 
-    model = build_model(cfg.model, tokenizer, cfg.seed, cfg.peft)
-    if cfg.init_from:
-        load_weights(model, cfg.init_from)
+    model = _initial_model(cfg, tokenizer)
     model = apply_peft(model, cfg.peft)
     stop_ids = tokenizer.convert_tokens_to_ids(template.stop_tokens(tokenizer.eos_token))
     module_cls = spec.module_class()
@@ -200,6 +203,29 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
             if best_cb.best_model_path:
                 logger.experiment.set_tag(logger.run_id, "best_checkpoint", best_cb.best_model_path)
     return metrics, pruned_at
+
+
+def _initial_model(cfg: DictConfig, tokenizer: Any):
+    """The policy before PEFT: built from config or loaded, then ``init_from``'s weights. A 4-bit
+    (QLoRA) base cannot take full-precision weights afterwards, so it loads ``init_from`` directly."""
+    from hydralign.models import build_model, load_weights
+
+    if cfg.init_from and cfg.peft.load_in_4bit:
+        from hydralign.lineage import resolve_weights
+
+        path = resolve_weights(cfg.init_from)
+        if not path.is_dir():
+            raise ConfigError(f"init_from={cfg.init_from} is a .ckpt; peft=qlora loads its 4-bit base from a model "
+                              "directory: give the run directory (its hf_model/) instead")
+        mcfg = OmegaConf.merge(cfg.model, {"source": "pretrained", "name_or_path": str(path)})
+        return build_model(mcfg, tokenizer, cfg.seed, cfg.peft)
+    model = build_model(cfg.model, tokenizer, cfg.seed, cfg.peft)
+    if cfg.init_from:
+        load_weights(model, cfg.init_from)
+    elif cfg.model.source == "config" and cfg.method.name != "sft":
+        print(f"hydralign: note: method={cfg.method.name} starts from a random-init model (no init_from); "
+              "it normally starts from an SFT run: init_from=<run dir>", flush=True)
+    return model
 
 
 def _precomputed_reference(cfg: DictConfig, plan: Plan, policy: Any, data: Any) -> tuple[dict, dict]:

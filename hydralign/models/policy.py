@@ -4,7 +4,7 @@ a pretrained model from a hub id or local directory. Loading is safe by default:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -31,7 +31,9 @@ def char_tokenizer():
                                    bos_token="<s>", eos_token="</s>", additional_special_tokens=markers)
 
 
-def build_tokenizer(mcfg: Any, template: ChatTemplate):
+def build_tokenizer(mcfg: Any, template: Optional[ChatTemplate]):
+    """The tokenizer, with the template's markers as special tokens and its Jinja saved with it;
+    ``template=None`` (``model.chat_template=auto``) keeps the tokenizer's own chat template."""
     if mcfg.tokenizer == "char":
         tok = char_tokenizer()
     else:
@@ -40,12 +42,13 @@ def build_tokenizer(mcfg: Any, template: ChatTemplate):
         source = mcfg.tokenizer or mcfg.name_or_path
         tok = AutoTokenizer.from_pretrained(source, revision=mcfg.revision,
                                             trust_remote_code=mcfg.trust_remote_code)
-        missing = [m for m in template.special_tokens if m not in tok.get_vocab()]
+        missing = [m for m in (template.special_tokens if template else ()) if m not in tok.get_vocab()]
         if missing:
             tok.add_special_tokens({"additional_special_tokens": missing})
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    tok.chat_template = template.jinja
+    if template is not None:
+        tok.chat_template = template.jinja
     return tok
 
 
