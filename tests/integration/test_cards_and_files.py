@@ -16,11 +16,11 @@ from tests.integration.test_dpo_cards import SFT_CARDS as QLORA_SFT_CARDS
 # The DPO and QLoRA cards train at tiny scale in test_dpo_cards.py (QLoRA as LoRA on this CPU).
 CARDS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
                if p.stem not in DPO_CARDS and p.stem not in QLORA_SFT_CARDS)
-SHRINK = ["model=tiny", "hardware=cpu", "data=arithmetic", "data.max_seq_len=64", "batch.effective=8", "batch.grad_accum=null",
-          "batch.micro=4", "trainer.max_epochs=null", "trainer.max_steps=4", "eval.every_n_steps=2",
-          "eval.max_new_tokens=6", "eval.num_generate=8", "checkpoint.every_n_steps=2", "logger=none",
-          "data.arithmetic.num_train=256", "data.arithmetic.num_val=32", "schedule.warmup_steps=null",
-          "schedule.warmup_ratio=0.25"]
+SHRINK = ["model=tiny", "model.tokenizer=char", "model.chat_template=chatml", "hardware=cpu", "data=arithmetic",
+          "data.max_seq_len=64", "batch.effective=8", "batch.grad_accum=null", "batch.micro=4",
+          "trainer.max_epochs=null", "trainer.max_steps=4", "eval.every_n_steps=2", "eval.max_new_tokens=6",
+          "eval.num_generate=8", "checkpoint.every_n_steps=2", "logger=none", "data.arithmetic.num_train=256",
+          "data.arithmetic.num_val=32", "schedule.warmup_steps=null", "schedule.warmup_ratio=0.25"]
 
 
 @pytest.mark.parametrize("card", CARDS)
