@@ -16,6 +16,7 @@ from hydralign.config.schema import OptimizerConfig, ScheduleConfig
 from hydralign.errors import ConfigError
 from hydralign.methods.registry import get_method
 from hydralign.optimizers import OPTIMIZERS
+from hydralign.strategies import check_strategy
 
 SCHEDULES = ("constant", "linear", "cosine", "multistep")
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything accepts [0, 2^32)
@@ -117,8 +118,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         if _get(cfg, "model.attn_implementation") == "flash_attention_2":
             raise ConfigError(f"hardware.gpu={gpu} cannot run flash-attention 2 (Ampere or newer); "
                               "set model.attn_implementation=sdpa")
-    if strategy == "deepspeed" and _get(cfg, "hardware.zero_stage") not in (1, 2, 3):
-        raise ConfigError("hardware.strategy=deepspeed needs hardware.zero_stage=1, 2 or 3")
+    check_strategy(cfg, held_frozen=spec.held_models(cfg))  # what fsdp / deepspeed cannot run, and the fix
 
     effective = int(_get(cfg, "batch.effective", 1))
     if effective < 1:

@@ -30,25 +30,11 @@ def default_run_dir() -> Path:
         raise ConfigError("run_dir is not set and Hydra is not running: pass run_dir=/some/dir") from None
 
 
-def check_trainable(plan: Plan) -> None:
-    """What this version cannot train yet, refused before any data, model or MLflow run exists."""
-    if plan.world_size > 1 and plan.strategy not in ("ddp", "auto"):
-        raise ConfigError(f"hardware.strategy={plan.strategy} is not wired into training yet (dry_run=true "
-                          "prints its plan); train with hardware.strategy=ddp")
-
-
-def _strategy(plan: Plan, hw: Any):
-    if plan.world_size == 1:
-        return "auto"
-    from lightning.pytorch.strategies import DDPStrategy
-
-    return DDPStrategy(process_group_backend=hw.process_backend)
-
-
 def build_trainer(cfg: Any, plan: Plan, run_dir: Path, logger: Any, callbacks: list):
     import lightning as L
 
     from hydralign.checkpoints import AtomicCheckpointIO
+    from hydralign.strategies import build_strategy
 
     user = {k: v for k, v in (OmegaConf.to_container(cfg.trainer, resolve=True) or {}).items() if v is not None}
     for key, owner in PLANNED_TRAINER_KEYS.items():
@@ -59,7 +45,7 @@ def build_trainer(cfg: Any, plan: Plan, run_dir: Path, logger: Any, callbacks: l
     total_batches = plan.total_steps * plan.grad_accum
     kwargs = dict(
         accelerator=cfg.hardware.accelerator, devices=plan.devices_per_node, num_nodes=plan.nodes,
-        precision=plan.precision, strategy=_strategy(plan, cfg.hardware), max_steps=plan.total_steps,
+        precision=plan.precision, strategy=build_strategy(plan, cfg), max_steps=plan.total_steps,
         max_epochs=1, accumulate_grad_batches=plan.grad_accum, gradient_clip_val=cfg.optimizer.grad_clip,
         val_check_interval=min(plan.eval_every_n_steps * plan.grad_accum, total_batches),
         check_val_every_n_epoch=None, num_sanity_val_steps=0, use_distributed_sampler=False,
@@ -96,8 +82,7 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     id_file = run_dir / "mlflow_run_id"
     run_id: Optional[str] = id_file.read_text().strip() if ckpt_path and id_file.is_file() else None
     # The MLflow run exists from the start, so a job that fails while loading data is a FAILED run.
-    config_plan = make_plan(cfg)
-    check_trainable(config_plan)
+    config_plan = make_plan(cfg)  # refuses what the strategy cannot run, before the MLflow run exists
     logger = make_logger(cfg, config_plan, run_dir, run_id=run_id)
     if logger is not None and _rank_zero():
         id_file.write_text(logger.run_id)
@@ -156,8 +141,12 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     trainer = build_trainer(cfg, plan, run_dir, logger,
                             ckpt_cbs + callbacks + [StartupTimer(started), TokensSeen()])
 
-    model = _initial_model(cfg, tokenizer)
-    model = apply_peft(model, cfg.peft)
+    if plan.strategy == "fsdp" and not _rank_zero():  # FSDP2: rank 0's weights fill the shards (configure_model)
+        from hydralign.strategies import empty_policy
+
+        model = empty_policy(cfg, tokenizer)
+    else:
+        model = apply_peft(_initial_model(cfg, tokenizer), cfg.peft)
     stop_ids = tokenizer.convert_tokens_to_ids(template.stop_tokens(tokenizer.eos_token))
     module_cls = spec.module_class()
     frozen = module_cls.frozen_models(cfg, model)
@@ -175,12 +164,20 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
                   f"{reference_report['path']} in {reference_report['seconds']:.1f} s", flush=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / "plan.json", plan.as_dict())
+        if plan.strategy == "deepspeed":  # the config DeepSpeed runs with, as generated from the plan
+            from hydralign.strategies import DEEPSPEED_CONFIG_FILE, deepspeed_config
+
+            write_json(run_dir / DEEPSPEED_CONFIG_FILE, deepspeed_config(plan, cfg))
         if logger is not None:
             extra = {k: v for s, st in data.stats.items() for k, v in st.as_metrics(s).items()}
             if reference_report is not None:
                 extra.update({"reference/cache_hit": float(reference_report["hit"]),
                               "reference/precompute_seconds": reference_report["seconds"]})
             log_run_start(logger, plan, run_dir, extra)
+            if plan.strategy == "deepspeed":
+                from hydralign.tracking import retry_locked
+
+                retry_locked(logger.experiment.log_artifact, logger.run_id, str(run_dir / DEEPSPEED_CONFIG_FILE))
 
     if cfg.eval.at_start and ckpt_path is None:
         trainer.validate(module, datamodule=data, verbose=False)
@@ -194,14 +191,21 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     metrics["train/steps"] = float(trainer.global_step)
     if cfg.checkpoint.save_last:  # the periodic "last" may be older than the final step
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    export = cfg.checkpoint.export_hf and pruned_at is None
+    exported = module.model
+    if export and plan.strategy == "fsdp":  # every rank gives its shards; rank 0 saves the whole model
+        from hydralign.strategies import gathered_policy
+
+        exported = gathered_policy(module.model, cfg, tokenizer)
     if trainer.is_global_zero:
-        if cfg.checkpoint.export_hf and pruned_at is None:
-            _export(module.model, tokenizer, run_dir, stop_ids, cfg)
+        if export:
+            _export(exported, tokenizer, run_dir, stop_ids, cfg)
         write_json(run_dir / "metrics.json", metrics)
         if logger is not None:
             logger.experiment.log_metric(logger.run_id, "time/run_seconds", time.time() - started)
             if best_cb.best_model_path:
                 logger.experiment.set_tag(logger.run_id, "best_checkpoint", best_cb.best_model_path)
+    trainer.strategy.barrier("run end")  # no rank leaves (and tears its connections down) before rank 0 is done
     return metrics, pruned_at
 
 
@@ -252,7 +256,29 @@ def _precomputed_reference(cfg: DictConfig, plan: Plan, policy: Any, data: Any) 
         finally:
             policy.to("cpu")
 
+    if plan.strategy == "fsdp" and not _rank_zero():  # FSDP2: this rank's policy is an empty skeleton
+        return _wait_for_rank_zero(lambda not_ready: rc.load_or_compute(rc.default_cache_dir(cfg), key, described,
+                                                                        sizes, not_ready))
     return rc.load_or_compute(rc.default_cache_dir(cfg), key, described, sizes, compute)
+
+
+class _NotReady(Exception):
+    pass
+
+
+def _wait_for_rank_zero(load: Any, timeout_s: float = 3600.0) -> Any:
+    """``load(compute)`` until rank 0 has written what this rank cannot compute itself."""
+    def not_ready() -> dict:
+        raise _NotReady
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            return load(not_ready)
+        except _NotReady:
+            if time.time() > deadline:
+                raise TimeoutError(f"rank 0 wrote no reference log-probs within {timeout_s:.0f} s") from None
+            time.sleep(1.0)
 
 
 def _export(model: Any, tokenizer: Any, run_dir: Path, stop_ids: list[int], cfg: DictConfig) -> None:

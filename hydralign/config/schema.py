@@ -104,6 +104,10 @@ class HardwareConfig:
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | bf16-true
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed
     zero_stage: Optional[int] = None  # deepspeed ZeRO stage (1, 2, 3)
+    # DeepSpeed: keep optimizer states (any stage) / parameters (ZeRO-3 only) in CPU memory: far less GPU
+    # memory, slower steps.
+    zero_offload_optimizer: bool = False
+    zero_offload_params: bool = False
     process_backend: Optional[str] = None  # nccl | gloo (null = accelerator default)
 
 

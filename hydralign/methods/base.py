@@ -20,6 +20,7 @@ from hydralign.evaluation import exact_match, exact_match_flex, is_repetitive
 from hydralign.optimizers import build_optimizer
 from hydralign.plan import Plan
 from hydralign.schedules import lr_factor
+from hydralign.strategies import loss_multiplier
 
 
 class PostTrainingModule(L.LightningModule):
@@ -34,12 +35,32 @@ class PostTrainingModule(L.LightningModule):
         self._metric_names: list[str] = []
         self.last_val_step = -1  # global step of the latest validation
         self.last_window_loss = torch.zeros(())  # mean loss of the last optimizer step (this rank's part)
+        # Frozen models the method holds (DPO's reference): a plain dict, not submodules, so they stay out
+        # of state_dict, the optimizer and Lightning's device/precision moves; sharded like the policy.
+        self._frozen: dict[str, torch.nn.Module] = {}
+        self._sharded = False
+        self._loss_multiplier = loss_multiplier(plan)  # undoes Lightning's and the strategy's divisions
 
     @classmethod
     def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:
         """Frozen models this method needs (keyword arguments of its constructor), built from the
         initial policy; kept out of the checkpoint and the optimizer. None by default."""
         return {}
+
+    def configure_model(self) -> None:
+        """hardware.strategy=fsdp: shard the policy (and every frozen model, with no optimizer state) with
+        FSDP2 and fill the shards with rank 0's weights (``hydralign.strategies.shard_from_rank0``). Lightning
+        calls this before every fit and validate; the model is sharded once. Other strategies: nothing."""
+        if self.plan.strategy != "fsdp" or self._sharded:
+            return
+        from hydralign.strategies import shard_from_rank0
+
+        strategy = self.trainer.strategy
+        mesh, device = strategy.device_mesh["data_parallel"], strategy.root_device
+        self.model = shard_from_rank0(self.model, mesh, device, self.plan.precision)
+        for name, frozen in list(self._frozen.items()):
+            self._frozen[name] = shard_from_rank0(frozen, mesh, device, self.plan.precision)
+        self._sharded = True
 
     # --- the one method-specific piece -------------------------------------------------------
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -75,9 +96,9 @@ class PostTrainingModule(L.LightningModule):
                               on_step=True, on_epoch=False)
             self.last_window_loss = self._window[0].float()
             self._window = None
-        # Lightning divides every micro-batch loss by grad_accum and DDP/FSDP average gradients
+        # Lightning divides every micro-batch loss by grad_accum and DDP/FSDP/ZeRO average gradients
         # over the world: undo both, so the step's gradient is d(window sum / window units).
-        return share * (self.plan.grad_accum * self.plan.world_size)
+        return share * self._loss_multiplier
 
     def configure_optimizers(self):
         ocfg, scfg, plan = self.cfg.optimizer, self.cfg.schedule, self.plan

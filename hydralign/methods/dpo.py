@@ -29,9 +29,9 @@ class DPOModule(PostTrainingModule):
         m = self.cfg.method
         self.loss_types = [m.loss_type] if isinstance(m.loss_type, str) else [str(t) for t in m.loss_type]
         self.loss_weights = list(m.loss_weights) if m.loss_weights is not None else None
-        # A plain dict, not a submodule: the reference stays out of state_dict, the optimizer and
-        # Lightning's device/precision moves (done in _frozen_to_device).
-        self._frozen: dict[str, torch.nn.Module] = {"reference": reference} if reference is not None else {}
+        # The base's plain dict, not a submodule: the reference stays out of state_dict, the optimizer and
+        # Lightning's device/precision moves (done in _frozen_to_device; under FSDP2 it is sharded).
+        self._frozen = {"reference": reference} if reference is not None else {}
         self.reference_logps = reference_logps  # {"train": [N, 2], "val": [M, 2]} (chosen, rejected)
 
     @classmethod
@@ -47,7 +47,8 @@ class DPOModule(PostTrainingModule):
     def _frozen_to_device(self) -> None:
         dtype = next(self.model.parameters()).dtype
         for ref in self._frozen.values():
-            ref.to(device=self.device, dtype=dtype)
+            if not self._sharded:  # FSDP2 shards already live on their device (configure_model)
+                ref.to(device=self.device, dtype=dtype)
         if self.reference_logps is not None:
             self.reference_logps = {k: v.to(self.device) for k, v in self.reference_logps.items()}
 

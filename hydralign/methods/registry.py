@@ -31,10 +31,16 @@ class MethodSpec:
     module: str  # "package.module:Class" of the LightningModule, imported when training starts
     sequences_per_example: int = 1  # forward rows per example (2 for a chosen/rejected pair)
     frozen: Optional[Callable[[Any], tuple[str, ...]]] = None  # cfg -> frozen models, described
+    # cfg -> names of the frozen models held in memory while training (a copy, not a cache or a view):
+    # what a strategy must shard besides the policy (hydralign.strategies.check_strategy).
+    held: Optional[Callable[[Any], tuple[str, ...]]] = None
     check: Optional[Callable[[Any], None]] = None  # cfg -> None, raises ConfigError (pure)
 
     def frozen_models(self, cfg: Any) -> tuple[str, ...]:
         return self.frozen(cfg) if self.frozen else ()
+
+    def held_models(self, cfg: Any) -> tuple[str, ...]:
+        return self.held(cfg) if self.held else ()
 
     def module_class(self):
         path, _, cls = self.module.partition(":")
@@ -71,6 +77,12 @@ def _dpo_frozen(cfg: Any) -> tuple[str, ...]:
     return ("reference: frozen copy of the initial policy",)
 
 
+def _dpo_held(cfg: Any) -> tuple[str, ...]:
+    copied = (dpo_needs_reference(cfg) and not _get(cfg, "method.precompute_ref", False)
+              and _get(cfg, "peft.name", "none") == "none")
+    return ("reference",) if copied else ()
+
+
 def _dpo_check(cfg: Any) -> None:
     from hydralign.losses.preference_types import LOSS_NEEDS_REFERENCE
 
@@ -97,7 +109,7 @@ METHODS: dict[str, MethodSpec] = {
     "sft": MethodSpec("sft", SFTConfig, data_kind="sft", unit="tokens", module="hydralign.methods.sft:SFTModule"),
     "dpo": MethodSpec("dpo", DPOConfig, data_kind="preference", unit="pairs",
                       module="hydralign.methods.dpo:DPOModule", sequences_per_example=2,
-                      frozen=_dpo_frozen, check=_dpo_check),
+                      frozen=_dpo_frozen, held=_dpo_held, check=_dpo_check),
 }
 
 

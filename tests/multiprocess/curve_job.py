@@ -1,0 +1,60 @@
+"""One training run that records its loss curve: ``[torchrun ...] python -m tests.multiprocess.curve_job
+OUT_DIR override ...``. Rank 0 writes ``OUT_DIR/curve.json``: ``{"train": {step: train/loss},
+"val": {step: val/loss}, "seconds": fit wall time, "steps": optimizer steps, "sharded": names of the
+FSDP2-sharded models}``. Run from the repository root."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+from omegaconf import open_dict
+
+from tests.helpers import compose_cfg
+
+
+class Curve(L.Callback):
+    def __init__(self) -> None:
+        self.train: dict[int, float] = {}
+        self.val: dict[int, float] = {}
+        self.started = self.seconds = 0.0
+        self.sharded: list[str] = []
+
+    def on_train_start(self, trainer, module) -> None:
+        from hydralign.strategies import is_sharded
+
+        models = {"model": module.model, **module._frozen}
+        self.sharded = [name for name, model in models.items() if is_sharded(model)]
+        self.started = time.perf_counter()
+
+    def on_train_end(self, trainer, module) -> None:
+        self.seconds = time.perf_counter() - self.started
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if batch["window_last"] and "train/loss" in trainer.callback_metrics:
+            self.train[trainer.global_step] = float(trainer.callback_metrics["train/loss"])
+
+    def on_validation_end(self, trainer, module) -> None:
+        self.val[trainer.global_step] = float(trainer.callback_metrics["val/loss"])
+
+
+def main(out: Path, overrides: list[str]) -> None:
+    from hydralign.train import run
+
+    cfg = compose_cfg(["logger=none", "checkpoint.export_hf=false", "trainer.enable_progress_bar=false",
+                       "trainer.log_every_n_steps=1", *overrides])
+    with open_dict(cfg):
+        cfg.run_dir = str(out)
+    curve = Curve()
+    metrics = run(cfg, callbacks=[curve])
+    if int(os.environ.get("RANK", "0")) == 0:  # set by torchrun
+        (out / "curve.json").write_text(json.dumps({"train": curve.train, "val": curve.val, "seconds": curve.seconds,
+                                                    "steps": metrics["train/steps"], "sharded": curve.sharded}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]).resolve(), sys.argv[2:])

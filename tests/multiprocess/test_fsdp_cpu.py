@@ -1,0 +1,67 @@
+"""FSDP2 (hardware.strategy=fsdp) with 2 CPU processes (gloo, started by torchrun) trains exactly like one
+plain process with twice the accumulation: the same loss curve step by step, the policy and DPO's frozen
+reference both sharded, and the exported Hugging Face model holds the same whole weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+COMMON = ["trainer.max_steps=8", "eval.every_n_steps=4", "batch.effective=8", "batch.micro=2",
+          "data.arithmetic.num_train=256", "data.arithmetic.num_val=32", "data.arithmetic.pad_operands=false",
+          "eval.num_generate=8"]
+
+
+def _curve(tmp: Path, name: str, processes: int, overrides: list[str]) -> dict:
+    launcher = [sys.executable] if processes == 1 else \
+        [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", str(processes)]
+    hardware = ["hardware=cpu"] if processes == 1 else ["hardware=cpu_2proc", "hardware.strategy=fsdp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([*launcher, "-m", "tests.multiprocess.curve_job", str(tmp / name), *hardware, *COMMON,
+                          *overrides], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads((tmp / name / "curve.json").read_text())
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys() and a, (sorted(a), sorted(b))
+    return max(abs(a[k] - b[k]) for k in a)
+
+
+def _assert_same_curves(sharded: dict, single: dict) -> None:
+    assert sharded["steps"] == single["steps"] == 8
+    assert len(sharded["train"]) == 8 and sorted(sharded["val"], key=int) == ["0", "4", "8"]
+    for part in ("train", "val"):
+        assert _max_difference(sharded[part], single[part]) < 1e-5, part
+
+
+def test_fsdp2_two_processes_match_one_process(tmp_path):
+    sharded = _curve(tmp_path, "fsdp", 2, ["checkpoint.export_hf=false"])  # 2 x micro 2 x accum 2
+    single = _curve(tmp_path, "single", 1, ["checkpoint.export_hf=false"])  # 1 x micro 2 x accum 4
+    assert sharded["sharded"] == ["model"] and single["sharded"] == []
+    _assert_same_curves(sharded, single)
+    assert (tmp_path / "fsdp" / "checkpoints" / "last.ckpt").is_dir()  # each rank saved its own shard
+
+
+def test_fsdp2_dpo_shards_the_reference_and_exports_whole_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    # Tied embeddings (one tensor in the root's shard) and activation checkpointing per decoder layer.
+    dpo = ["method=dpo", "model.tie_word_embeddings=true", "model.gradient_checkpointing=true",
+           "checkpoint.export_hf=true"]
+    sharded = _curve(tmp_path, "fsdp", 2, dpo)
+    single = _curve(tmp_path, "single", 1, dpo)
+    assert sharded["sharded"] == ["model", "reference"]
+    _assert_same_curves(sharded, single)
+    a = load_file(str(tmp_path / "fsdp" / "hf_model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "single" / "hf_model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
