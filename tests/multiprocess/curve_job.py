@@ -1,7 +1,7 @@
 """One training run that records its loss curve: ``[torchrun ...] python -m tests.multiprocess.curve_job
 OUT_DIR override ...``. Rank 0 writes ``OUT_DIR/curve.json``: ``{"train": {step: train/loss},
-"val": {step: val/loss}, "seconds": fit wall time, "steps": optimizer steps, "sharded": names of the
-FSDP2-sharded models}``. Run from the repository root."""
+"val": {step: val/loss}, "seconds": fit wall time, "step_seconds": [wall time of each optimizer step],
+"steps": optimizer steps, "sharded": names of the FSDP2-sharded models}``. Run from the repository root."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ class Curve(L.Callback):
     def __init__(self) -> None:
         self.train: dict[int, float] = {}
         self.val: dict[int, float] = {}
-        self.started = self.seconds = 0.0
+        self.started = self.seconds = self._last = 0.0
+        self.step_seconds: list[float] = []
         self.sharded: list[str] = []
 
     def on_train_start(self, trainer, module) -> None:
@@ -29,17 +30,23 @@ class Curve(L.Callback):
 
         models = {"model": module.model, **module._frozen}
         self.sharded = [name for name, model in models.items() if is_sharded(model)]
-        self.started = time.perf_counter()
+        self.started = self._last = time.perf_counter()
 
     def on_train_end(self, trainer, module) -> None:
         self.seconds = time.perf_counter() - self.started
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        if batch["window_last"] and "train/loss" in trainer.callback_metrics:
+        if not batch["window_last"]:
+            return
+        if "train/loss" in trainer.callback_metrics:
             self.train[trainer.global_step] = float(trainer.callback_metrics["train/loss"])
+        now = time.perf_counter()
+        self.step_seconds.append(now - self._last)
+        self._last = now
 
     def on_validation_end(self, trainer, module) -> None:
         self.val[trainer.global_step] = float(trainer.callback_metrics["val/loss"])
+        self._last = time.perf_counter()  # a step's time leaves out the validation before it
 
 
 def main(out: Path, overrides: list[str]) -> None:
@@ -52,8 +59,9 @@ def main(out: Path, overrides: list[str]) -> None:
     curve = Curve()
     metrics = run(cfg, callbacks=[curve])
     if int(os.environ.get("RANK", "0")) == 0:  # set by torchrun
-        (out / "curve.json").write_text(json.dumps({"train": curve.train, "val": curve.val, "seconds": curve.seconds,
-                                                    "steps": metrics["train/steps"], "sharded": curve.sharded}))
+        (out / "curve.json").write_text(json.dumps({
+            "train": curve.train, "val": curve.val, "seconds": curve.seconds, "step_seconds": curve.step_seconds,
+            "steps": metrics["train/steps"], "sharded": curve.sharded}))
 
 
 if __name__ == "__main__":

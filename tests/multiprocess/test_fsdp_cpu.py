@@ -65,3 +65,18 @@ def test_fsdp2_dpo_shards_the_reference_and_exports_whole_weights(tmp_path):
     b = load_file(str(tmp_path / "single" / "hf_model" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_fsdp2_lora_dpo_matches_one_process(tmp_path):
+    """LoRA under FSDP2: frozen base and trainable adapters in the same shards; DPO's reference is the
+    sharded policy with its adapters off (no copy). Dropout off: its masks differ with the rank split."""
+    from safetensors.torch import load_file
+
+    lora = ["method=dpo", "peft=lora", "peft.r=8", "peft.dropout=0", "checkpoint.export_hf=true"]
+    sharded = _curve(tmp_path, "fsdp", 2, lora)
+    single = _curve(tmp_path, "single", 1, lora)
+    assert sharded["sharded"] == ["model"]
+    _assert_same_curves(sharded, single)
+    a = load_file(str(tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "single" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
