@@ -52,8 +52,14 @@ def task(cfg: DictConfig) -> Optional[float]:
         from hydralign.train import objective, run
 
         configure_console()
+        from hydralign.launch import launch, needs_launch
 
-        metrics = run(cfg, started=started)
+        if needs_launch(cfg.hardware):  # one node, several devices: hydralign starts the ranks itself
+            from hydralign.train import default_run_dir
+
+            metrics = launch(cfg, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
+        else:
+            metrics = run(cfg, started=started)
     except (ConfigError, DataError) as err:
         print(f"hydralign: {err}", file=sys.stderr, flush=True)
         if _in_multirun():

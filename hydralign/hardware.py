@@ -50,12 +50,12 @@ def check_machine(hw: Any) -> None:
                 f"GPU(s). Run it on a machine with {hw.devices_per_node} GPU(s) per node, "
                 f"use hardware=cpu (or cpu_2proc) here, or add dry_run=true to print the plan only.")
     world = hw.nodes * hw.devices_per_node
-    if world > 1 and "LOCAL_RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+    if hw.nodes > 1 and "LOCAL_RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
         raise ConfigError(
-            f"hardware={hw.name} runs {world} processes: start them with torchrun --nnodes {hw.nodes} "
-            f"--nproc-per-node {hw.devices_per_node} -m hydralign ... (or srun, one task per device); "
-            "hydralign does not let Lightning re-launch its command line, which breaks under Hydra multiruns "
-            "(each extra rank would start the sweep again)")
+            f"hardware={hw.name} runs {world} processes on {hw.nodes} nodes: start it once per node with "
+            f"srun (one task per device) or torchrun --nnodes {hw.nodes} --nproc-per-node {hw.devices_per_node} "
+            "-m hydralign ...; on one node hydralign starts its processes itself (never by re-running its "
+            "command line, which breaks under Hydra multiruns)")
     if hw.nodes > 1 and launched_nodes() != hw.nodes:
         raise ConfigError(
             f"hardware={hw.name} needs {requirement(hw)}; this process was launched on "

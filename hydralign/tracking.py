@@ -17,6 +17,7 @@ from hydralign.plan import Plan
 DEFAULT_STORE = Path("outputs") / "mlflow.db"
 # Set by hydralign.sweep_tracking for the jobs of a multirun (never MLFLOW_RUN_ID: mlflow #15713).
 PARENT_ENV, SWEEP_ID_ENV = "HYDRALIGN_PARENT_RUN_ID", "HYDRALIGN_SWEEP_ID"
+JOB_ENV = "HYDRALIGN_JOB"  # {"num", "overrides"} of the Hydra job, for ranks started by hydralign.launch
 SWEEP_FILE_ENV = "HYDRALIGN_SWEEP_FILE"  # the sweep folder's sweep.json (fixed keys, for run names)
 
 
@@ -117,13 +118,18 @@ def log_params(logger, params: dict[str, str]) -> None:
 
 
 def hydra_job() -> Optional[tuple[int, list[str]]]:
-    """(job number, the job's overrides) of a multirun's job; None in a single run."""
+    """(job number, the job's overrides) of a multirun's job; None in a single run. A rank started by
+    ``hydralign.launch`` reads them from ``$HYDRALIGN_JOB`` (it runs outside Hydra)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
         hc = HydraConfig.get()
     except ValueError:
-        return None
+        raw = os.environ.get(JOB_ENV)
+        if not raw:
+            return None
+        job = json.loads(raw)
+        return int(job["num"]), list(job["overrides"])
     num = hc.job.get("num", None)
     return None if num is None else (int(num), list(hc.overrides.task))
 

@@ -26,22 +26,18 @@ def _run(tmp: Path, name: str, launcher: list[str], hardware: str) -> dict:
     return json.loads((tmp / name / "metrics.json").read_text())
 
 
-def test_two_process_ddp_matches_one_process(tmp_path):
+def test_two_process_ddp_matches_one_process_started_either_way(tmp_path):
     torchrun = str(Path(sys.executable).parent / "torchrun")
     ddp = _run(tmp_path, "ddp", [torchrun, "--nproc-per-node", "2"], "cpu_2proc")  # 2 x micro 2 x accum 2
+    own = _run(tmp_path, "own", [sys.executable], "cpu_2proc")  # hydralign starts the 2 ranks itself
     single = _run(tmp_path, "single", [sys.executable], "cpu")  # 1 x micro 2 x accum 4
-    assert ddp["train/steps"] == single["train/steps"] == 10
+    assert ddp["train/steps"] == own["train/steps"] == single["train/steps"] == 10
     for key in ("train/loss", "val/loss"):
         assert ddp[key] == pytest.approx(single[key], abs=1e-5), key
-
-
-def test_multi_process_preset_without_launcher_says_how(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "hydralign", "hardware=cpu_2proc", *COMMON,
-                          f"hydra.run.dir={tmp_path / 'x'}"], capture_output=True, text=True, cwd=tmp_path,
-                         timeout=300)
-    assert out.returncode == 2
-    assert "torchrun --nnodes 1 --nproc-per-node 2 -m hydralign" in out.stderr
-    assert not (tmp_path / "x" / "config.yaml").exists()  # refused before any work
+        assert own[key] == pytest.approx(ddp[key], abs=1e-6), key  # the same processes, however started
+    launched = tmp_path / "own" / "launch"
+    assert (launched / "config.yaml").is_file() and (launched / "rank1.log").is_file()
+    assert not list(launched.glob("rank*.error"))
 
 
 def test_pruning_under_ddp_stops_every_rank_together(tmp_path):

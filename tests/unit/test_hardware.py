@@ -18,12 +18,9 @@ def test_cpu_presets(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("SLURM_PROCID", raising=False)
     hardware.check_machine(hw("cpu"))
-    with pytest.raises(ConfigError, match=r"torchrun --nnodes 1 --nproc-per-node 2 -m hydralign") as err:
-        hardware.check_machine(hw("cpu_2proc"))  # processes come from a launcher, never a re-launch
-    assert "PITFALLS" not in str(err.value)  # a document users do not have; the reason is said instead
-    assert "breaks under Hydra multiruns" in str(err.value)
+    hardware.check_machine(hw("cpu_2proc"))  # one node: hydralign starts the ranks itself (hydralign.launch)
     monkeypatch.setenv("LOCAL_RANK", "0")
-    hardware.check_machine(hw("cpu_2proc"))
+    hardware.check_machine(hw("cpu_2proc"))  # or joins the ranks torchrun started
 
 
 def test_gpu_preset_without_gpus(monkeypatch):
@@ -40,6 +37,11 @@ def test_multi_node_needs_a_launcher(monkeypatch):
     hardware.check_machine(hw("8xA100"))
     with pytest.raises(ConfigError, match=r"torchrun --nnodes 4 --nproc-per-node 8"):
         hardware.check_machine(hw("4x8xA100"))
+    monkeypatch.delenv("LOCAL_RANK")
+    with pytest.raises(ConfigError, match=r"once per node with srun") as err:  # no launcher at all
+        hardware.check_machine(hw("4x8xA100"))
+    assert "PITFALLS" not in str(err.value) and "breaks under Hydra multiruns" in str(err.value)
+    monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_NNODES", "4")
     hardware.check_machine(hw("4x8xA100"))
 

@@ -1,0 +1,192 @@
+"""hydralign starts its own ranks: ``python -m hydralign hardware=cpu_2proc`` (no torchrun).
+
+The job process (the one Hydra runs, in a single run or as one job of a multirun) resolves its config
+once, with an absolute run folder, writes it to ``<run_dir>/launch/config.yaml`` and starts one
+process per device, torchrun-style (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR/PORT``),
+each running ``python -m hydralign.launch <that file>``. Every rank reads the same resolved config,
+so ``${now}`` folders, the MLflow run (rank 0) and checkpoints agree, and no rank ever sees the
+sweep's command line (PITFALLS: Hydra x Lightning re-launch). Lightning then finds an externally
+launched environment and never re-runs the script.
+
+A rank that fails ends the whole job: the others are stopped and the job raises the failing rank's
+own error (written to ``<run_dir>/launch/rank<N>.error``); under a multirun the sweep goes on with its
+other jobs. Multi-node runs are started by the cluster (srun, one task per device, or torchrun on
+every node): each rank then joins from its environment and this module is not used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Optional
+
+from hydralign.errors import ConfigError, DataError
+
+PRUNED_EXIT, CONFIG_EXIT = 3, 2
+LAUNCHED_ENV = ("LOCAL_RANK", "SLURM_PROCID")
+
+
+def launched_externally() -> bool:
+    """torchrun, srun or this launcher already made this process a rank."""
+    return any(k in os.environ for k in LAUNCHED_ENV)
+
+
+def needs_launch(hw: Any) -> bool:
+    return int(hw.nodes) * int(hw.devices_per_node) > 1 and not launched_externally()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class RankFailed(RuntimeError):
+    """A rank of this job failed; the message is that rank's own error."""
+
+
+def rank_env(rank: int, world: int, port: int, extra: dict[str, str]) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
+               GROUP_RANK="0", NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    return env
+
+
+def supervise(commands: list[list[str]], envs: list[dict[str, str]], log_dir: Path,
+              poll_s: float = 0.2, grace_s: float = 15.0) -> None:
+    """Run one process per rank; rank 0 writes to this console, the others to ``rank<N>.log``. The
+    first rank to fail (in time) ends the job: the others get SIGTERM, then SIGKILL after ``grace_s``."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs, logs = [], []
+    for rank, (cmd, env) in enumerate(zip(commands, envs)):
+        out = None if rank == 0 else open(log_dir / f"rank{rank}.log", "w")  # noqa: SIM115 (closed below)
+        logs.append(out)
+        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
+    failed: Optional[int] = None
+    try:
+        while None in [p.poll() for p in procs]:  # poll every rank each time (any() would stop early)
+            bad = [r for r, p in enumerate(procs) if p.returncode not in (None, 0)]
+            if bad:
+                failed = bad[0]
+                break
+            time.sleep(poll_s)
+    except KeyboardInterrupt:
+        failed = -1
+    finally:
+        if failed is not None:
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.time() + grace_s
+            for p in procs:
+                try:
+                    p.wait(max(0.1, deadline - time.time()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        for f in logs:
+            if f:
+                f.close()
+    if failed == -1:
+        raise KeyboardInterrupt
+    codes = [p.returncode for p in procs]
+    bad = [r for r, c in enumerate(codes) if c != 0]
+    if not bad:
+        return
+    first = failed if failed is not None else bad[0]
+    if codes[first] == PRUNED_EXIT or (first != 0 and codes[0] == PRUNED_EXIT):
+        import optuna
+
+        raise optuna.TrialPruned(_error_text(log_dir, 0) or "pruned")
+    text = _error_text(log_dir, first) or f"exit code {codes[first]}; see {log_dir / f'rank{first}.log'}"
+    cls = {CONFIG_EXIT: ConfigError}.get(codes[first], RankFailed)
+    raise cls(f"rank {first} of {len(procs)} failed: {text}")
+
+
+def _error_text(log_dir: Path, rank: int) -> str:
+    path = log_dir / f"rank{rank}.error"
+    return path.read_text().strip() if path.is_file() else ""
+
+
+def launch(cfg: Any, run_dir: Path) -> dict[str, float]:
+    """Start this job's ranks from its resolved config and wait; return rank 0's metrics."""
+    from omegaconf import OmegaConf, open_dict
+
+    from hydralign.optuna_study import STUDY_ENV, TRIAL_ID_ENV, TRIAL_NUMBER_ENV, job_trial
+    from hydralign.tracking import JOB_ENV, hydra_job
+
+    hw = cfg.hardware
+    if int(hw.nodes) > 1:
+        raise ConfigError(f"hardware={hw.name} spans {hw.nodes} nodes: start it once per node (srun, one task per "
+                          f"device, or torchrun --nnodes {hw.nodes} --nproc-per-node {hw.devices_per_node}); "
+                          "hydralign starts the processes of one node only")
+    run_dir = run_dir.resolve()
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(resolved):
+        resolved.run_dir = str(run_dir)
+    launch_dir = run_dir / "launch"
+    launch_dir.mkdir(parents=True, exist_ok=True)
+    for stale in launch_dir.glob("rank*.error"):
+        stale.unlink()
+    config_file = launch_dir / "config.yaml"
+    tmp = config_file.with_suffix(".tmp")
+    tmp.write_text(OmegaConf.to_yaml(resolved))
+    tmp.replace(config_file)
+    extra: dict[str, str] = {}
+    trial = job_trial()
+    if trial is not None:
+        extra.update({STUDY_ENV: trial.study_file, TRIAL_ID_ENV: str(trial.trial_id)})
+        if trial.number is not None:
+            extra[TRIAL_NUMBER_ENV] = str(trial.number)
+    job = hydra_job()
+    if job is not None:
+        extra[JOB_ENV] = json.dumps({"num": job[0], "overrides": job[1]})
+    world, port = int(hw.devices_per_node), _free_port()
+    cmd = [sys.executable, "-m", "hydralign.launch", str(config_file)]
+    print(f"hydralign: starting {world} processes (ranks 1..{world - 1} log to {launch_dir}/rank<N>.log)",
+          flush=True)
+    supervise([cmd] * world, [rank_env(r, world, port, extra) for r in range(world)], launch_dir)
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def rank_main(config_file: str) -> int:
+    """One rank: read the job's resolved config, train, and leave a readable error when failing."""
+    from omegaconf import OmegaConf
+
+    rank = int(os.environ.get("RANK", "0"))
+    error_file = Path(config_file).parent / f"rank{rank}.error"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped because another rank failed
+    try:
+        from hydralign.console import configure_console
+        from hydralign.train import run
+
+        configure_console()
+        run(OmegaConf.load(config_file))
+        return 0
+    except SystemExit:
+        raise
+    except BaseException as err:
+        code = 1
+        if type(err).__name__ == "TrialPruned":
+            code = PRUNED_EXIT
+        elif isinstance(err, (ConfigError, DataError)):
+            code = CONFIG_EXIT
+        text = "".join(traceback.format_exception_only(type(err), err)).strip()
+        where = traceback.extract_tb(err.__traceback__)[-1] if err.__traceback__ else None
+        if where is not None and code == 1:
+            text += f" (at {where.filename}:{where.lineno})"
+        error_file.write_text(text)
+        if code == 1:
+            traceback.print_exc()
+        return code
+
+
+if __name__ == "__main__":
+    sys.exit(rank_main(sys.argv[1]))
