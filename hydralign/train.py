@@ -278,7 +278,7 @@ def _wait_for_rank_zero(load: Any, timeout_s: float = 3600.0) -> Any:
         except _NotReady:
             if time.time() > deadline:
                 raise TimeoutError(f"rank 0 wrote no reference log-probs within {timeout_s:.0f} s") from None
-            time.sleep(1.0)
+            time.sleep(min(1.0, timeout_s))
 
 
 def _export(model: Any, tokenizer: Any, run_dir: Path, stop_ids: list[int], cfg: DictConfig) -> None:

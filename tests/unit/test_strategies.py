@@ -133,3 +133,18 @@ def test_loss_multiplier_undoes_every_division():
     assert loss_multiplier(plan) == 8 * 8  # Lightning and DeepSpeed each divide by the accumulation
     fsdp = make_plan(compose_cfg(["hardware=8xA100", "batch.effective=128", "batch.micro=2"]))
     assert loss_multiplier(fsdp) == fsdp.grad_accum * 8
+
+
+def test_fsdp_ranks_wait_for_rank_zeros_reference_logps():
+    """Under FSDP2 only rank 0 holds real weights: the other ranks retry the cache until it is written."""
+    from hydralign.train import _wait_for_rank_zero
+
+    attempts = []
+
+    def load(compute):
+        attempts.append(1)
+        return compute() if len(attempts) < 3 else {"train": "written by rank 0"}
+
+    assert _wait_for_rank_zero(load) == {"train": "written by rank 0"} and len(attempts) == 3
+    with pytest.raises(TimeoutError, match="rank 0 wrote no reference log-probs"):
+        _wait_for_rank_zero(lambda compute: compute(), timeout_s=0.0)
