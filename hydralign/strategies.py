@@ -21,7 +21,8 @@ data, model or MLflow run exists. Nothing here imports torch at module level: th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from hydralign.errors import ConfigError
@@ -268,3 +269,19 @@ def gathered_policy(model, cfg: Any, tokenizer: Any):
     if hasattr(plain, "tie_weights"):  # assign gave tied parameters (embeddings and head) a copy each
         plain.tie_weights()
     return plain
+
+
+@contextmanager
+def whole_weights(model, plan: Any, cfg: Any, tokenizer: Any) -> Iterator[Any]:
+    """The policy with its whole weights, for the Hugging Face export on rank 0 (None on other ranks under
+    FSDP2): FSDP2 gathers the shards into a plain CPU copy (``gathered_policy``); DeepSpeed ZeRO-3 gathers its
+    partitions in place for the duration; otherwise every rank already holds them. Collective."""
+    if plan.strategy == "fsdp":
+        yield gathered_policy(model, cfg, tokenizer)
+    elif plan.strategy == "deepspeed" and int(_get(cfg, "hardware.zero_stage", 0)) == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield model
+    else:
+        yield model

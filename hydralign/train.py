@@ -191,15 +191,13 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     metrics["train/steps"] = float(trainer.global_step)
     if cfg.checkpoint.save_last:  # the periodic "last" may be older than the final step
         trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
-    export = cfg.checkpoint.export_hf and pruned_at is None
-    exported = module.model
-    if export and plan.strategy == "fsdp":  # every rank gives its shards; rank 0 saves the whole model
-        from hydralign.strategies import gathered_policy
+    if cfg.checkpoint.export_hf and pruned_at is None:
+        from hydralign.strategies import whole_weights
 
-        exported = gathered_policy(module.model, cfg, tokenizer)
+        with whole_weights(module.model, plan, cfg, tokenizer) as exported:  # sharded: every rank gives its part
+            if trainer.is_global_zero:
+                _export(exported, tokenizer, run_dir, stop_ids, cfg)
     if trainer.is_global_zero:
-        if export:
-            _export(exported, tokenizer, run_dir, stop_ids, cfg)
         write_json(run_dir / "metrics.json", metrics)
         if logger is not None:
             logger.experiment.log_metric(logger.run_id, "time/run_seconds", time.time() - started)
