@@ -45,7 +45,7 @@ def test_micro_batches_really_have_unequal_token_counts():
     from hydralign.data.tokenize import encode
     from hydralign.models import char_tokenizer
 
-    convs = [r["messages"] for r in make_splits(0, 256, 64, 16, 3, pad_operands=False)["train"]]
+    convs = [r["messages"] for r in make_splits(0, 256, 64, 3, pad_operands=False)["train"]]
     examples, _ = encode(char_tokenizer(), CHATML, convs, 64, "truncate")
     sched = WindowSchedule([e.num_loss_tokens for e in examples], 8, 2, 1, 0, seed=0)
     counts = [sum(examples[i].num_loss_tokens for i in sched.micro_batch(k)[0]) for k in range(4)]
