@@ -29,6 +29,7 @@ class DPOModule(PostTrainingModule):
         m = self.cfg.method
         self.loss_types = [m.loss_type] if isinstance(m.loss_type, str) else [str(t) for t in m.loss_type]
         self.loss_weights = list(m.loss_weights) if m.loss_weights is not None else None
+        self.needs_reference = dpo_needs_reference(self.cfg)
         # The base's plain dict, not a submodule: the reference stays out of state_dict, the optimizer and
         # Lightning's device/precision moves (done in _frozen_to_device; under FSDP2 it is sharded).
         self._frozen = {"reference": reference} if reference is not None else {}
@@ -60,7 +61,7 @@ class DPOModule(PostTrainingModule):
 
     @torch.no_grad()
     def _reference(self, batch: dict, n: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        if not dpo_needs_reference(self.cfg):
+        if not self.needs_reference:
             return None, None
         if self.reference_logps is not None:
             table = self.reference_logps[batch["split"]][batch["index"].to(self.device)]  # [B, 2]
