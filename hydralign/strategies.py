@@ -61,6 +61,12 @@ def check_strategy(cfg: Any, held_frozen: tuple[str, ...] = ()) -> None:
                 raise ConfigError(f"hardware.{key}=true applies to DeepSpeed only; with hardware.strategy="
                                   f"{strategy} set hardware.{key}=false, or hardware.strategy=deepspeed")
 
+    fsdp_options = {"fsdp_reshard_after_forward": True, "fsdp_accumulate_unsharded": False}
+    for key, default in fsdp_options.items():
+        value = bool(_get(cfg, f"hardware.{key}", default))
+        if strategy != "fsdp" and value != default:
+            raise ConfigError(f"hardware.{key}={str(value).lower()} applies to FSDP2 only; with hardware.strategy="
+                              f"{strategy} set hardware.{key}={str(default).lower()}, or hardware.strategy=fsdp")
     if strategy == "fsdp":
         if precision == "16-mixed":
             raise ConfigError("hardware.strategy=fsdp (FSDP2) has no fp16 loss scaling: set hardware.precision="
@@ -191,10 +197,11 @@ def meta_copy(model):
     return copy.deepcopy(model, memo)
 
 
-def shard_from_rank0(model, mesh, device, precision: str):
+def shard_from_rank0(model, mesh, device, precision: str, reshard_after_forward: bool = True):
     """FSDP2-shard ``model`` over ``mesh`` and fill the shards with rank 0's weights; returns the sharded
     model. On rank 0 ``model`` holds the real weights (CPU); on every other rank it is an empty skeleton of
-    the same structure (meta parameters, ``empty_policy``). Collective: every rank calls it."""
+    the same structure (meta parameters, ``empty_policy``). ``reshard_after_forward=False`` keeps each layer's
+    gathered parameters until its backward (``hardware.fsdp_reshard_after_forward``). Collective."""
     import torch
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
@@ -206,7 +213,7 @@ def shard_from_rank0(model, mesh, device, precision: str):
     shell = meta_copy(model) if rank0 else model
     policy = mixed_precision_policy(precision)
     for layer in decoder_layers(shell):
-        fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(layer, mesh=mesh, mp_policy=policy, reshard_after_forward=reshard_after_forward)
     fully_shard(shell, mesh=mesh, mp_policy=policy)  # the root: embeddings, final norm, head (tied or not)
     shell.to_empty(device=device)
     set_model_state_dict(shell, full_state, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))

@@ -108,6 +108,13 @@ class HardwareConfig:
     # memory, slower steps.
     zero_offload_optimizer: bool = False
     zero_offload_params: bool = False
+    # FSDP2 trade-offs of memory for communication (defaults: least memory).
+    # false: keep each decoder layer's gathered parameters from forward until its backward (one all-gather
+    # per layer and micro-batch instead of two; ZeRO-2-like memory).
+    fsdp_reshard_after_forward: bool = True
+    # true: skip the gradient reduce-scatter on all but the last micro-batch of a step, as DDP skips its
+    # all-reduce; every rank then keeps whole (unsharded) gradients between micro-batches.
+    fsdp_accumulate_unsharded: bool = False
     process_backend: Optional[str] = None  # nccl | gloo (null = accelerator default)
 
 

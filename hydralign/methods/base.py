@@ -57,8 +57,10 @@ class PostTrainingModule(L.LightningModule):
 
         strategy = self.trainer.strategy
         mesh, device = strategy.device_mesh["data_parallel"], strategy.root_device
-        self.model = shard_from_rank0(self.model, mesh, device, self.plan.precision)
-        for name, frozen in list(self._frozen.items()):
+        hw = self.cfg.hardware
+        self.model = shard_from_rank0(self.model, mesh, device, self.plan.precision,
+                                      reshard_after_forward=hw.fsdp_reshard_after_forward)
+        for name, frozen in list(self._frozen.items()):  # forward only: nothing to keep for a backward
             self._frozen[name] = shard_from_rank0(frozen, mesh, device, self.plan.precision)
         self._sharded = True
 
@@ -77,6 +79,8 @@ class PostTrainingModule(L.LightningModule):
 
     # --- training ----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self._sharded and self.cfg.hardware.fsdp_accumulate_unsharded:  # reduce-scatter once per step
+            self.model.set_requires_gradient_sync(bool(batch["window_last"]))
         loss_sum, _, metric_sums = self.batch_loss(batch)
         units = batch["window_units"]
         share = loss_sum / units  # this micro-batch's part of the window mean

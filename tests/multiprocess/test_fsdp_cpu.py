@@ -69,11 +69,13 @@ def test_fsdp2_dpo_shards_the_reference_and_exports_whole_weights(tmp_path):
 
 def test_fsdp2_lora_dpo_matches_one_process(tmp_path):
     """LoRA under FSDP2: frozen base and trainable adapters in the same shards; DPO's reference is the
-    sharded policy with its adapters off (no copy). Dropout off: its masks differ with the rank split."""
+    sharded policy with its adapters off (no copy). Dropout off: its masks differ with the rank split.
+    With the throughput options: gathered layers kept from forward to backward, one reduce-scatter a step."""
     from safetensors.torch import load_file
 
     lora = ["method=dpo", "peft=lora", "peft.r=8", "peft.dropout=0", "checkpoint.export_hf=true"]
-    sharded = _curve(tmp_path, "fsdp", 2, lora)
+    sharded = _curve(tmp_path, "fsdp", 2, lora + ["hardware.fsdp_reshard_after_forward=false",
+                                                  "hardware.fsdp_accumulate_unsharded=true"])
     single = _curve(tmp_path, "single", 1, lora)
     assert sharded["sharded"] == ["model"]
     _assert_same_curves(sharded, single)
