@@ -33,6 +33,7 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     """
     shift_labels = labels[:, 1:]  # [B, T-1]
     mask = shift_labels != IGNORE
-    nll = F.cross_entropy(logits[:, :-1, :].float().transpose(1, 2), shift_labels.clamp(min=0),
-                          reduction="none")  # [B, T-1]
-    return -(nll * mask).sum(dim=1), mask.sum(dim=1)
+    # Rows of contiguous [B*(T-1), V]: a transposed [B, V, T-1] input is ~3x slower on CPU (benchmarks/).
+    nll = F.cross_entropy(logits[:, :-1, :].float().reshape(-1, logits.size(-1)), shift_labels.reshape(-1),
+                          ignore_index=IGNORE, reduction="none").view_as(shift_labels)  # 0 where ignored
+    return -nll.sum(dim=1), mask.sum(dim=1)

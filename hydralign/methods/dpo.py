@@ -76,9 +76,10 @@ class DPOModule(PostTrainingModule):
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         real = batch["real"]
         n = real.shape[0]
+        # The reference first: its forward then never coexists with the policy's saved activations.
+        ref_chosen, ref_rejected = self._reference(batch, n)
         logps, lengths = pair_logps(self.model, batch)
         lengths = lengths.clamp(min=1).to(logps.dtype)
-        ref_chosen, ref_rejected = self._reference(batch, n)
         m = self.cfg.method
         losses, r_chosen, r_rejected = preference_loss(
             logps[:n], logps[n:], ref_chosen, ref_rejected, loss_type=self.loss_types, beta=m.beta,
