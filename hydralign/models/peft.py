@@ -114,10 +114,18 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
 
     This is DPO's reference with PEFT: ``with torch.no_grad(), adapters_disabled(policy): ref = policy(x)``.
     peft sets the adapters' ``requires_grad`` to False inside the block and back on exit, so run no
-    backward (and no optimizer step) inside it."""
+    backward (and no optimizer step) inside it. peft restores the flag on the parameters registered at
+    exit; under FSDP2 with ``reshard_after_forward=False`` those are the gathered copies, not the shards
+    the optimizer holds (which FSDP2 reads to decide what to reduce), so the trainable parameters seen
+    on entry get theirs back too."""
     if is_peft(model):
-        with model.disable_adapter():
-            yield model
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        try:
+            with model.disable_adapter():
+                yield model
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
     else:
         yield model
 
