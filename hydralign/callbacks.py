@@ -48,7 +48,77 @@ class TokensSeen(Callback):
         module.log("train/tokens_seen", float(count), on_step=True, on_epoch=False)
 
     def state_dict(self) -> dict:
-        return {"local": self.resumed + (int(self.local) if self.local is not None else 0)}
+        """The count over every rank (a collective: every rank builds the checkpoint, rank 0 writes it)."""
+        import torch
+        import torch.distributed as dist
+
+        count = self.resumed + (int(self.local) if self.local is not None else 0)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            total = torch.tensor([count], dtype=torch.float64)
+            if dist.get_backend() == "nccl":
+                total = total.cuda()
+            dist.all_reduce(total)
+            count = int(total.item())
+        return {"total": count}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.resumed = int(state_dict.get("local", 0))
+        """Rank 0 carries the resumed total (so the sum over ranks stays right under any world size)."""
+        import torch.distributed as dist
+
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        total = int(state_dict.get("total", state_dict.get("local", 0)))
+        self.resumed = total if rank == 0 else 0
+
+
+class RngStates(Callback):
+    """Saves every rank's random states (torch CPU and CUDA, Python, NumPy) in each checkpoint and restores
+    them on resume, so what draws randomness after a resume (dropout, sampling) draws what the uninterrupted
+    run drew. Under another world size the states cannot match rank for rank; they are left as seeded."""
+
+    def state_dict(self) -> dict:
+        import torch.distributed as dist
+
+        mine = _rng_states()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states: list = [None] * dist.get_world_size()
+            dist.all_gather_object(states, mine)  # every rank builds the checkpoint; rank 0 writes it
+            return {"ranks": states}
+        return {"ranks": [mine]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        import torch.distributed as dist
+
+        ranks = state_dict.get("ranks") or []
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if len(ranks) == world:
+            _set_rng_states(ranks[dist.get_rank() if world > 1 else 0])
+
+
+def _rng_states() -> dict:
+    import random
+
+    import numpy as np
+    import torch
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
+              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
+                        "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state()
+    return states
+
+
+def _set_rng_states(states: dict) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(states["torch"])
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state(states["cuda"])

@@ -1,18 +1,21 @@
-"""Checkpoints: atomic writes, safe loads, last / best / every-N callbacks, Hugging Face export, resume."""
+"""Checkpoints: atomic writes, safe loads, the best and the rolling (step- and time-based) checkpoints,
+Hugging Face export. Which checkpoint a run resumes from: ``hydralign.resume``."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from hydralign.errors import ConfigError
+from hydralign.resume import step_checkpoints
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -34,39 +37,90 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def checkpoint_callbacks(ccfg: Any, ckpt_dir: Path, eval_every: int) -> tuple[ModelCheckpoint, list]:
-    """(best, all callbacks). best: top-1 by ``checkpoint.monitor``; last: refreshed at every validation
-    and at the end; intermediate: every ``checkpoint.every_n_steps`` steps, newest ``keep_last_k`` kept."""
+    """(best, all callbacks). best: top-1 by ``checkpoint.monitor``; rolling: ``stepNNNNNN.ckpt`` every
+    ``checkpoint.every_n_steps`` steps (default: at each validation) and every ``checkpoint.every_n_minutes``,
+    the newest ``keep_last_k`` kept, ``last.ckpt`` linking to the newest."""
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-step{step:06d}", monitor=ccfg.monitor,
                            mode=ccfg.mode, save_top_k=1, auto_insert_metric_name=False)
     callbacks: list = [best]
-    if ccfg.save_last:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True,
-                                         every_n_train_steps=ccfg.every_n_steps or eval_every))
-    if ccfg.every_n_steps:
-        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step{step:06d}", monitor="step",
-                                         mode="max", save_top_k=ccfg.keep_last_k,
-                                         every_n_train_steps=ccfg.every_n_steps, auto_insert_metric_name=False))
+    minutes = ccfg.every_n_minutes
+    if ccfg.save_last or ccfg.every_n_steps or minutes:
+        callbacks.append(RollingCheckpoints(ckpt_dir, ccfg.every_n_steps or (eval_every if ccfg.save_last else None),
+                                            minutes, ccfg.keep_last_k))
     return best, callbacks
 
 
-def resolve_resume(resume: Optional[str], run_dir: Path) -> tuple[Path, Optional[Path]]:
-    """``resume``: a run directory (continue it in place), a .ckpt file, or "auto" (this run_dir's
-    last.ckpt if present). Returns (run directory to write into, checkpoint to restore)."""
-    if not resume:
-        return run_dir, None
-    if resume == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return run_dir, last if last.is_file() else None
-    path = Path(resume).expanduser().resolve()
-    if path.is_dir():
-        last = path / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise ConfigError(f"resume={resume}: {last} does not exist; nothing to resume from")
-        return path, last
-    if path.is_file() and path.suffix == ".ckpt":
-        run = path.parent.parent if path.parent.name == "checkpoints" else run_dir
-        return run, path
-    raise ConfigError(f"resume={resume} is neither a run directory nor a .ckpt file")
+class RollingCheckpoints(Callback):
+    """Full training state (weights, optimizer, scheduler, loops, callbacks, RNG) at optimizer-step
+    boundaries, into ``stepNNNNNN.ckpt`` (a file, or a folder of per-rank shards under FSDP2/DeepSpeed):
+    every ``every_n_steps`` steps and/or when ``every_n_minutes`` have passed since the last one (rank 0's
+    clock decides for every rank). Each is written under ``<name>.tmp`` and renamed once every rank is done,
+    so a name without ``.tmp`` is complete; then ``last.ckpt`` is re-pointed at it (a relative symlink,
+    replaced atomically) and all but the newest ``keep_last_k`` are deleted."""
+
+    def __init__(self, ckpt_dir: Path, every_n_steps: Optional[int], every_n_minutes: Optional[float],
+                 keep_last_k: int):
+        if keep_last_k < 1:
+            raise ConfigError(f"checkpoint.keep_last_k={keep_last_k}: keep at least the newest checkpoint (>= 1)")
+        if every_n_minutes is not None and every_n_minutes <= 0:
+            raise ConfigError(f"checkpoint.every_n_minutes={every_n_minutes} must be > 0 (null: no time-based "
+                              "checkpoints)")
+        self.dir, self.every_n_steps, self.keep = Path(ckpt_dir), every_n_steps, keep_last_k
+        self.interval_s = every_n_minutes * 60.0 if every_n_minutes else None
+        self.last_saved_step: Optional[int] = None
+        self._clock = time.monotonic()
+
+    def on_train_start(self, trainer, module) -> None:
+        self._clock = time.monotonic()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if not batch.get("window_last", True):  # mid-accumulation: not a step boundary
+            return
+        step = trainer.global_step
+        due = bool(self.every_n_steps) and step % self.every_n_steps == 0
+        if self.interval_s is not None:
+            late = time.monotonic() - self._clock >= self.interval_s
+            if trainer.world_size > 1:  # clocks differ: every rank follows rank 0, or some would wait forever
+                late = trainer.strategy.broadcast(late)
+            due = due or late
+        if due:
+            self.save(trainer)
+
+    def save(self, trainer) -> Optional[Path]:
+        """Write the current state as ``stepNNNNNN.ckpt`` (collective: every rank calls it)."""
+        step = trainer.global_step
+        if step == self.last_saved_step:
+            return None
+        final = self.dir / f"step{step:06d}.ckpt"
+        tmp = final.with_name(final.name + ".tmp")
+        if trainer.is_global_zero:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            _remove(tmp)  # left by a run killed while writing
+        trainer.strategy.barrier("checkpoint begin")
+        trainer.save_checkpoint(tmp, weights_only=False)
+        trainer.strategy.barrier("checkpoint written")  # every rank's part is on disk
+        if trainer.is_global_zero:
+            _remove(final)  # the same step written again by a resumed run
+            os.replace(tmp, final)
+            link = self.dir / "last.ckpt.tmp"
+            _remove(link)
+            os.symlink(final.name, link)
+            last = self.dir / "last.ckpt"
+            if last.is_dir() and not last.is_symlink():
+                shutil.rmtree(last)
+            os.replace(link, last)
+            for old in step_checkpoints(self.dir)[:-self.keep]:
+                _remove(old)
+        trainer.strategy.barrier("checkpoint done")
+        self.last_saved_step, self._clock = step, time.monotonic()
+        return final
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
 
 
 def export_hf(model: torch.nn.Module, tokenizer: Any, out_dir: Path, stop_token_ids: list[int]) -> Path:

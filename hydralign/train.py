@@ -73,7 +73,7 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     ``callbacks`` are added to the Trainer's (tests, benchmarks); ``started`` is when the job began
     (default: now), the origin of ``time/startup_seconds`` (job start to first training step)."""
     started = started or time.time()
-    from hydralign.checkpoints import resolve_resume
+    from hydralign.resume import check_resumable, resolve_resume
     from hydralign.tracking import config_params, finish, log_params, make_logger
 
     run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
@@ -83,6 +83,8 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     run_id: Optional[str] = id_file.read_text().strip() if ckpt_path and id_file.is_file() else None
     # The MLflow run exists from the start, so a job that fails while loading data is a FAILED run.
     config_plan = make_plan(cfg)  # refuses what the strategy cannot run, before the MLflow run exists
+    if ckpt_path is not None:  # another model, effective batch, ...: refused with the keys that differ
+        check_resumable(ckpt_path, cfg, config_plan.strategy)
     logger = make_logger(cfg, config_plan, run_dir, run_id=run_id)
     if logger is not None and _rank_zero():
         id_file.write_text(logger.run_id)
@@ -110,8 +112,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
            started: float) -> tuple[dict[str, float], Optional[int]]:
     import lightning as L
 
-    from hydralign.callbacks import StartupTimer, TokensSeen
-    from hydralign.checkpoints import checkpoint_callbacks, write_json
+    from hydralign.callbacks import RngStates, StartupTimer, TokensSeen
+    from hydralign.checkpoints import RollingCheckpoints, checkpoint_callbacks, write_json
     from hydralign.data.module import PostTrainingData
     from hydralign.data.templates import template_for
     from hydralign.methods.registry import get_method
@@ -139,7 +141,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     if pruning is not None:
         callbacks.append(pruning)
     trainer = build_trainer(cfg, plan, run_dir, logger,
-                            ckpt_cbs + callbacks + [StartupTimer(started), TokensSeen()])
+                            ckpt_cbs + callbacks + [StartupTimer(started), TokensSeen(), RngStates()])
 
     if plan.strategy == "fsdp" and not _rank_zero():  # FSDP2: rank 0's weights fill the shards (configure_model)
         from hydralign.strategies import empty_policy
@@ -189,8 +191,9 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     if best_cb.best_model_score is not None:
         metrics[f"best/{cfg.checkpoint.monitor}"] = float(best_cb.best_model_score)
     metrics["train/steps"] = float(trainer.global_step)
-    if cfg.checkpoint.save_last:  # the periodic "last" may be older than the final step
-        trainer.save_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    rolling = next((c for c in ckpt_cbs if isinstance(c, RollingCheckpoints)), None)
+    if rolling is not None and cfg.checkpoint.save_last:  # the final state, if the cadence missed it
+        rolling.save(trainer)
     if cfg.checkpoint.export_hf and pruned_at is None:
         from hydralign.strategies import whole_weights
 

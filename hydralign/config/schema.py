@@ -205,9 +205,13 @@ class EvalConfig:
 class CheckpointConfig:
     monitor: str = "val/exact_match"
     mode: str = "max"  # max | min
-    every_n_steps: Optional[int] = None  # intermediate checkpoints (null = none)
+    # Full training state (resume=auto continues the newest): checkpoints/stepNNNNNN.ckpt every_n_steps
+    # (null: at each validation) and every_n_minutes (null: none; DeepSeek lost at most 5 minutes), the
+    # newest keep_last_k kept, last.ckpt links to the newest.
+    every_n_steps: Optional[int] = None
+    every_n_minutes: Optional[float] = None
     keep_last_k: int = 3
-    save_last: bool = True
+    save_last: bool = True  # false: no rolling checkpoints unless every_n_steps / every_n_minutes ask
     export_hf: bool = True  # save_pretrained of the final model into <run_dir>/hf_model
 
 
@@ -217,7 +221,7 @@ class Config:
     seed: int = 0
     dry_run: bool = False
     init_from: Optional[str] = None  # HF directory or .ckpt whose weights start the run
-    resume: Optional[str] = None  # a run directory or .ckpt to continue; "auto" = this run_dir's last.ckpt
+    resume: Optional[str] = None  # a run directory or checkpoint to continue; "auto" = this run_dir's newest, if any
     run_dir: Optional[str] = None  # null: Hydra's output dir
     # What a sweep's job returns: a metric name, or a list of names for a multi-objective Optuna study.
     optimized_metric: Any = "val/exact_match"

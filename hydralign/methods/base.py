@@ -64,6 +64,23 @@ class PostTrainingModule(L.LightningModule):
             self._frozen[name] = shard_from_rank0(frozen, mesh, device, self.plan.precision)
         self._sharded = True
 
+    # --- checkpoints -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """What a resume checks before anything is built (``hydralign.resume.check_resumable``)."""
+        from hydralign.resume import compat_signature
+
+        checkpoint["hydralign"] = {"compat": compat_signature(self.cfg), "world_size": self.plan.world_size,
+                                   "grad_accum": self.plan.grad_accum, "micro_batch": self.plan.micro_batch,
+                                   "strategy": self.plan.strategy}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Another world size keeps the effective batch with another accumulation: the loop counters
+        (micro-batches per rank) are re-derived from the optimizer steps done."""
+        from hydralign.resume import rederive_loop_progress
+
+        if checkpoint.get("hydralign", {}).get("grad_accum", self.plan.grad_accum) != self.plan.grad_accum:
+            rederive_loop_progress(checkpoint, self.plan.grad_accum)
+
     # --- the one method-specific piece -------------------------------------------------------
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(sum of per-unit losses, number of units, {metric name: sum over units}) for a micro-batch."""

@@ -1,0 +1,140 @@
+"""Which checkpoint a run continues from, and whether it may: the newest complete checkpoint of a run
+folder, a refusal naming the keys that differ when the configuration changed, and the loop counters
+re-derived when the world size (and so the accumulation) changed. Torch is imported only to read a
+checkpoint's small metadata."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+from hydralign.errors import ConfigError
+
+CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
+LAST = "last.ckpt"
+SHARDED_META = "meta.pt"  # Lightning's ModelParallelStrategy (FSDP2): everything but the tensors
+
+# What a checkpoint's weights, optimizer state and data order depend on: resuming with another value is
+# refused. Everything else (lr, schedule, max_steps, eval cadence, processes per node, ...) may change.
+COMPAT_KEYS = (
+    "model.name", "model.source", "model.name_or_path", "model.revision", "model.tokenizer",
+    "model.hidden_size", "model.num_layers", "model.num_heads", "model.num_kv_heads",
+    "model.intermediate_size", "model.max_position_embeddings", "model.tie_word_embeddings",
+    "peft.name", "peft.r", "peft.target_modules", "peft.bias", "peft.load_in_4bit",
+    "method.name", "batch.effective", "seed",
+)
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    from omegaconf import Container, OmegaConf
+
+    value = OmegaConf.select(cfg, dotted, default=None)
+    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
+
+
+def compat_signature(cfg: Any) -> dict[str, Any]:
+    """The values of ``COMPAT_KEYS`` in this config (stored in every checkpoint)."""
+    return {key: _get(cfg, key) for key in COMPAT_KEYS}
+
+
+# --- finding the checkpoint ------------------------------------------------------------------
+def checkpoint_step(path: Path) -> Optional[int]:
+    match = CHECKPOINT_NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def step_checkpoints(ckpt_dir: Path) -> list[Path]:
+    """The complete ``stepNNNNNN.ckpt`` files or folders, oldest first. A checkpoint is written under
+    ``<name>.tmp`` and renamed only once every rank has written its part, so a name without ``.tmp``
+    is complete."""
+    if not ckpt_dir.is_dir():
+        return []
+    found = [p for p in ckpt_dir.iterdir() if checkpoint_step(p) is not None and not p.is_symlink()]
+    return sorted(found, key=checkpoint_step)
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
+    """The newest complete checkpoint of a run's ``checkpoints/`` folder: its newest step checkpoint, or
+    ``last.ckpt`` when that is the only one (a run of an earlier version)."""
+    steps = step_checkpoints(ckpt_dir)
+    if steps:
+        return steps[-1]
+    last = ckpt_dir / LAST
+    if last.is_file() or (last.is_dir() and (last / SHARDED_META).is_file()):
+        return last.resolve()
+    return None
+
+
+def resolve_resume(resume: Optional[str], run_dir: Path) -> tuple[Path, Optional[Path]]:
+    """``resume``: "auto" (this run_dir's newest complete checkpoint, if any: a fresh start otherwise),
+    a run directory (continue it in place), or a checkpoint (a ``.ckpt`` file or sharded folder).
+    Returns (run directory to write into, checkpoint to restore)."""
+    if not resume:
+        return run_dir, None
+    if resume == "auto":
+        return run_dir, latest_checkpoint(run_dir / "checkpoints")
+    path = Path(resume).expanduser().resolve()
+    if path.suffix == ".ckpt" and path.exists():  # a file, or a sharded checkpoint's folder
+        run = path.parent.parent if path.parent.name == "checkpoints" else run_dir
+        return run, path
+    if path.is_dir():
+        found = latest_checkpoint(path / "checkpoints")
+        if found is None:
+            raise ConfigError(f"resume={resume}: no complete checkpoint in {path / 'checkpoints'}; "
+                              "nothing to resume from")
+        return path, found
+    raise ConfigError(f"resume={resume} is neither a run directory nor a checkpoint (.ckpt file or folder)")
+
+
+# --- may this run continue it? ---------------------------------------------------------------
+def checkpoint_meta(path: Path) -> Optional[dict]:
+    """The ``hydralign`` entry a checkpoint carries (compat signature, world size, accumulation), read
+    without loading the weights; None for a checkpoint written without one."""
+    import torch
+
+    if path.is_dir():
+        meta = path / SHARDED_META
+        if not meta.is_file():
+            return None
+        return torch.load(meta, map_location="cpu", weights_only=True).get("hydralign")
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hydralign")
+
+
+def check_resumable(ckpt: Path, cfg: Any, strategy: str) -> Optional[dict]:
+    """Refuses, before anything is built, a checkpoint this config cannot continue: another model,
+    adapters, method, effective batch or seed (each differing key named with both values), or a sharded
+    checkpoint under a strategy that cannot read it. Returns the checkpoint's metadata."""
+    if ckpt.is_dir():
+        if not (ckpt / SHARDED_META).is_file():
+            if strategy != "deepspeed":
+                raise ConfigError(f"resume: {ckpt} is a DeepSpeed checkpoint folder; continue it with "
+                                  "hardware.strategy=deepspeed")
+            return None
+        if strategy != "fsdp":
+            raise ConfigError(f"resume: {ckpt} is a sharded FSDP2 checkpoint (one part per rank); continue it "
+                              "with hardware.strategy=fsdp (any number of processes: it is resharded on load)")
+    meta = checkpoint_meta(ckpt)
+    if meta is None:
+        return None
+    saved, now = meta.get("compat", {}), compat_signature(cfg)
+    differ = [k for k in COMPAT_KEYS if k in saved and saved[k] != now[k]]
+    if differ:
+        lines = "; ".join(f"{k}: {saved[k]!r} in the checkpoint, {now[k]!r} now" for k in differ)
+        raise ConfigError(f"resume: {ckpt} was written by an incompatible configuration ({lines}). Resume with "
+                          "the checkpoint's values, or start a new run from its weights with init_from=<checkpoint>")
+    return meta
+
+
+def rederive_loop_progress(checkpoint: dict, grad_accum: int) -> None:
+    """A checkpoint counts the micro-batches each rank ran; with another world size the same effective
+    batch takes another accumulation, so the count of a resumed run is re-derived from the optimizer
+    steps done (checkpoints are written at optimizer-step boundaries). In place."""
+    fit = checkpoint.get("loops", {}).get("fit_loop")
+    if not fit or fit.get("epoch_progress", {}).get("current", {}).get("completed", 0):
+        return  # the (one) epoch is over: nothing left to run
+    batches = int(checkpoint["global_step"]) * grad_accum
+    progress = fit["epoch_loop.batch_progress"]
+    for part in ("total", "current"):
+        for counter in progress[part]:
+            progress[part][counter] = batches
