@@ -70,55 +70,25 @@ class TokensSeen(Callback):
         self.resumed = total if rank == 0 else 0
 
 
-class RngStates(Callback):
-    """Saves every rank's random states (torch CPU and CUDA, Python, NumPy) in each checkpoint and restores
-    them on resume, so what draws randomness after a resume (dropout, sampling) draws what the uninterrupted
-    run drew. Under another world size the states cannot match rank for rank; they are left as seeded."""
 
-    def state_dict(self) -> dict:
-        import torch.distributed as dist
+class StepSeeds(Callback):
+    """Reseeds torch (CPU and CUDA), Python and NumPy at the start of every optimizer step from (seed, step,
+    rank), so what draws randomness in training (dropout, LoRA dropout) draws the same after a resume as in
+    the uninterrupted run: a restored generator state would not be enough, since data loaders and
+    validation between checkpoint and step draw from the same generators. The step fixes the state."""
 
-        mine = _rng_states()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            states: list = [None] * dist.get_world_size()
-            dist.all_gather_object(states, mine)  # every rank builds the checkpoint; rank 0 writes it
-            return {"ranks": states}
-        return {"ranks": [mine]}
+    def __init__(self, seed: int):
+        self.seed = seed
 
-    def load_state_dict(self, state_dict: dict) -> None:
-        import torch.distributed as dist
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if batch_idx % trainer.accumulate_grad_batches:  # within a step's accumulation
+            return
+        import random
 
-        ranks = state_dict.get("ranks") or []
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        if len(ranks) == world:
-            _set_rng_states(ranks[dist.get_rank() if world > 1 else 0])
+        import numpy as np
+        import torch
 
-
-def _rng_states() -> dict:
-    import random
-
-    import numpy as np
-    import torch
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {"torch": torch.get_rng_state(), "python": random.getstate(),
-              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos),
-                        "has_gauss": int(has_gauss), "gauss": float(gauss)}}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state()
-    return states
-
-
-def _set_rng_states(states: dict) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(states["torch"])
-    version, internal, gauss = states["python"]
-    random.setstate((version, tuple(internal), gauss))
-    n = states["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype("uint32"), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state(states["cuda"])
+        seed = ((self.seed * 1_000_003 + trainer.global_step) * 4099 + trainer.global_rank) % (2 ** 63)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % (2 ** 32))

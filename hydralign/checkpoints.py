@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from hydralign.errors import ConfigError
 from hydralign.resume import step_checkpoints
@@ -50,13 +50,14 @@ def checkpoint_callbacks(ccfg: Any, ckpt_dir: Path, eval_every: int) -> tuple[Mo
     return best, callbacks
 
 
-class RollingCheckpoints(Callback):
+class RollingCheckpoints(Checkpoint):
     """Full training state (weights, optimizer, scheduler, loops, callbacks, RNG) at optimizer-step
     boundaries, into ``stepNNNNNN.ckpt`` (a file, or a folder of per-rank shards under FSDP2/DeepSpeed):
     every ``every_n_steps`` steps and/or when ``every_n_minutes`` have passed since the last one (rank 0's
     clock decides for every rank). Each is written under ``<name>.tmp`` and renamed once every rank is done,
     so a name without ``.tmp`` is complete; then ``last.ckpt`` is re-pointed at it (a relative symlink,
-    replaced atomically) and all but the newest ``keep_last_k`` are deleted."""
+    replaced atomically) and all but the newest ``keep_last_k`` are deleted. A ``Checkpoint``: Lightning runs
+    it after the other callbacks, so their state for the step is complete when it is saved."""
 
     def __init__(self, ckpt_dir: Path, every_n_steps: Optional[int], every_n_minutes: Optional[float],
                  keep_last_k: int):

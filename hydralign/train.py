@@ -112,7 +112,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
            started: float) -> tuple[dict[str, float], Optional[int]]:
     import lightning as L
 
-    from hydralign.callbacks import RngStates, StartupTimer, TokensSeen
+    from hydralign.callbacks import StartupTimer, StepSeeds, TokensSeen
     from hydralign.checkpoints import RollingCheckpoints, checkpoint_callbacks, write_json
     from hydralign.data.module import PostTrainingData
     from hydralign.data.templates import template_for
@@ -141,7 +141,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     if pruning is not None:
         callbacks.append(pruning)
     trainer = build_trainer(cfg, plan, run_dir, logger,
-                            ckpt_cbs + callbacks + [StartupTimer(started), TokensSeen(), RngStates()])
+                            ckpt_cbs + callbacks + [StartupTimer(started), TokensSeen(), StepSeeds(cfg.seed)])
 
     if plan.strategy == "fsdp" and not _rank_zero():  # FSDP2: rank 0's weights fill the shards (configure_model)
         from hydralign.strategies import empty_policy
