@@ -126,15 +126,22 @@ def check_resumable(ckpt: Path, cfg: Any, strategy: str) -> Optional[dict]:
     return meta
 
 
-def rederive_loop_progress(checkpoint: dict, grad_accum: int) -> None:
-    """A checkpoint counts the micro-batches each rank ran; with another world size the same effective
-    batch takes another accumulation, so the count of a resumed run is re-derived from the optimizer
-    steps done (checkpoints are written at optimizer-step boundaries). In place."""
+def rederive_loop_progress(checkpoint: dict, grad_accum: int, total_steps: int) -> None:
+    """Lightning's loop counters from the optimizer steps done, in place. A checkpoint counts the
+    micro-batches each rank ran, and the run's one epoch spans ``total_steps``: with another world size
+    the same effective batch takes another accumulation, and a longer ``trainer.max_steps`` turns a
+    finished epoch into one that goes on. Checkpoints are written at optimizer-step boundaries."""
     fit = checkpoint.get("loops", {}).get("fit_loop")
-    if not fit or fit.get("epoch_progress", {}).get("current", {}).get("completed", 0):
-        return  # the (one) epoch is over: nothing left to run
-    batches = int(checkpoint["global_step"]) * grad_accum
+    steps = int(checkpoint.get("global_step", 0))
+    if not fit or steps >= total_steps:
+        return  # nothing left to run: Lightning ends the fit at once
+    batches = steps * grad_accum
     progress = fit["epoch_loop.batch_progress"]
     for part in ("total", "current"):
         for counter in progress[part]:
             progress[part][counter] = batches
+    progress["is_last_batch"] = False
+    epoch = fit.get("epoch_progress", {})
+    for part in ("total", "current"):
+        if part in epoch:
+            epoch[part].update(processed=0, completed=0)

@@ -74,12 +74,11 @@ class PostTrainingModule(L.LightningModule):
                                    "strategy": self.plan.strategy}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Another world size keeps the effective batch with another accumulation: the loop counters
-        (micro-batches per rank) are re-derived from the optimizer steps done."""
+        """Another world size (another accumulation for the same effective batch) or a longer run: the
+        loop counters are re-derived from the optimizer steps done."""
         from hydralign.resume import rederive_loop_progress
 
-        if checkpoint.get("hydralign", {}).get("grad_accum", self.plan.grad_accum) != self.plan.grad_accum:
-            rederive_loop_progress(checkpoint, self.plan.grad_accum)
+        rederive_loop_progress(checkpoint, self.plan.grad_accum, self.plan.total_steps)
 
     # --- the one method-specific piece -------------------------------------------------------
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

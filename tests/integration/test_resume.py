@@ -72,3 +72,34 @@ def test_resume_continues_the_same_mlflow_run(tmp_path):
     assert done.info.status == "FINISHED" and done.data.tags["trial_state"] == "COMPLETE"
     steps = [m.step for m in client.get_metric_history(run_id, "val/loss")]
     assert steps == [0, 4, 8, 12]  # before the crash, then after resuming, in one run
+
+
+def test_time_based_checkpoints_keep_the_newest_k(tmp_path):
+    """checkpoint.every_n_minutes alone: a checkpoint whenever the interval has passed at a step's end (here
+    at every step), the newest keep_last_k kept, last.ckpt pointing at the newest, nothing half-written."""
+    cfg = tiny_cfg(tmp_path, ["trainer.max_steps=5", "eval.every_n_steps=5", "logger=none", "eval.num_generate=4",
+                              "checkpoint.export_hf=false", "checkpoint.save_last=false",
+                              "checkpoint.every_n_minutes=0.000001", "checkpoint.keep_last_k=2"])
+    run(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step*")) == ["step000004.ckpt", "step000005.ckpt"]
+    assert (ckpts / "last.ckpt").is_symlink() and (ckpts / "last.ckpt").resolve().name == "step000005.ckpt"
+    assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == 5
+    assert not list(ckpts.glob("*.tmp"))
+
+
+def test_an_incompatible_checkpoint_is_refused_naming_the_keys(tmp_path):
+    from hydralign.errors import ConfigError
+
+    run(tiny_cfg(tmp_path / "a", COMMON + ["trainer.max_steps=4"]))
+    run_dir = tmp_path / "a" / "run"
+    other = tiny_cfg(tmp_path / "b", COMMON + [f"resume={run_dir}", "model.hidden_size=64", "batch.effective=16"])
+    with pytest.raises(ConfigError) as err:
+        run(other)
+    message = str(err.value)
+    assert "model.hidden_size: 128 in the checkpoint, 64 now" in message
+    assert "batch.effective: 8 in the checkpoint, 16 now" in message and "step000004.ckpt" in message
+    assert "lr" not in message.split("(")[1]  # only what differs is named
+    # what may change (learning rate, length, evaluation cadence) does not stop a resume
+    fine = tiny_cfg(tmp_path / "c", COMMON + [f"resume={run_dir}", "lr=5e-4", "trainer.max_steps=6"])
+    assert run(fine)["train/steps"] == 6

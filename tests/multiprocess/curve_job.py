@@ -1,7 +1,9 @@
 """One training run that records its loss curve: ``[torchrun ...] python -m tests.multiprocess.curve_job
 OUT_DIR override ...``. Rank 0 writes ``OUT_DIR/curve.json``: ``{"train": {step: train/loss},
 "val": {step: val/loss}, "seconds": fit wall time, "step_seconds": [wall time of each optimizer step],
-"steps": optimizer steps, "sharded": names of the FSDP2-sharded models}``. Run from the repository root."""
+"steps": optimizer steps, "sharded": names of the FSDP2-sharded models}``. Run from the repository root.
+``CURVE_STOP_AT_STEP=N`` in the environment stops the run cleanly after step N (its checkpoint then holds
+step N), so another run can resume it."""
 
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ class Curve(L.Callback):
         now = time.perf_counter()
         self.step_seconds.append(now - self._last)
         self._last = now
+
+        if trainer.global_step == int(os.environ.get("CURVE_STOP_AT_STEP", "0")):
+            trainer.should_stop = True
 
     def on_validation_end(self, trainer, module) -> None:
         self.val[trainer.global_step] = float(trainer.callback_metrics["val/loss"])

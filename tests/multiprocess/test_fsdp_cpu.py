@@ -20,11 +20,15 @@ COMMON = ["trainer.max_steps=8", "eval.every_n_steps=4", "batch.effective=8", "b
           "eval.num_generate=8"]
 
 
-def _curve(tmp: Path, name: str, processes: int, overrides: list[str]) -> dict:
+def _curve(tmp: Path, name: str, processes: int, overrides: list[str], fsdp: bool = None,
+           stop_at: int = 0) -> dict:
+    """The curve of one run; by default 2 processes run FSDP2 and 1 process runs plain."""
     launcher = [sys.executable] if processes == 1 else \
         [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", str(processes)]
-    hardware = ["hardware=cpu"] if processes == 1 else ["hardware=cpu_2proc", "hardware.strategy=fsdp"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    hardware = ["hardware=cpu"] if processes == 1 else ["hardware=cpu_2proc"]
+    if fsdp if fsdp is not None else processes > 1:
+        hardware.append("hardware.strategy=fsdp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CURVE_STOP_AT_STEP": str(stop_at)}
     out = subprocess.run([*launcher, "-m", "tests.multiprocess.curve_job", str(tmp / name), *hardware, *COMMON,
                           *overrides], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -82,3 +86,22 @@ def test_fsdp2_lora_dpo_matches_one_process(tmp_path):
     a = load_file(str(tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "single" / "adapter" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_fsdp2_resumes_under_another_world_size_both_ways(tmp_path):
+    """Saved by 2 ranks, continued by 1 (and the reverse): the sharded checkpoint is resharded on load, the
+    effective batch kept with the accumulation re-derived (2 x 2 <-> 1 x 4 micro-batches of 2), and the
+    curve goes on as the uninterrupted run's."""
+    single = _curve(tmp_path, "single", 1, [])
+    for first, then in ((2, 1), (1, 2)):
+        name = f"{first}to{then}"
+        run = tmp_path / name
+        before = _curve(tmp_path, name, first, ["checkpoint.every_n_steps=4"], fsdp=True, stop_at=4)
+        assert before["steps"] == 4 and (run / "checkpoints" / "step000004.ckpt" / "meta.pt").is_file()
+        after = _curve(tmp_path, name, then, ["checkpoint.every_n_steps=4", f"resume={run}"], fsdp=True)
+        assert after["steps"] == 8 and sorted(after["train"], key=int) == ["5", "6", "7", "8"]
+        assert after["sharded"] == ["model"]
+        for part, curve in (("train", after["train"]), ("val", after["val"])):
+            assert max(abs(curve[s] - single[part][s]) for s in curve) < 1e-5, (name, part)
+        assert max(abs(before["train"][s] - single["train"][s]) for s in before["train"]) < 1e-5, name
+        assert (run / "checkpoints" / "last.ckpt").resolve().name == "step000008.ckpt"

@@ -1,0 +1,76 @@
+"""Which checkpoint a resume continues: the newest complete one, never a half-written one; sharded
+checkpoints only under a strategy that reads them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hydralign.errors import ConfigError
+from hydralign.resume import check_resumable, latest_checkpoint, rederive_loop_progress, resolve_resume
+from tests.helpers import compose_cfg
+
+
+def _ckpt(path, step, **meta):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"global_step": step, "hydralign": meta}, path)
+    return path
+
+
+def test_auto_takes_the_newest_complete_checkpoint(tmp_path):
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert resolve_resume("auto", tmp_path / "run") == (tmp_path / "run", None)  # nothing yet: a fresh start
+    _ckpt(ckpts / "step000004.ckpt", 4)
+    _ckpt(ckpts / "step000012.ckpt", 12)
+    (ckpts / "step000016.ckpt.tmp").mkdir()  # killed while writing: never picked
+    (ckpts / "step000016.ckpt.tmp" / "__0_0.distcp").write_bytes(b"partial")
+    _ckpt(ckpts / "best-step000004.ckpt", 4)
+    assert latest_checkpoint(ckpts).name == "step000012.ckpt"
+    assert resolve_resume("auto", tmp_path / "run")[1].name == "step000012.ckpt"
+    assert resolve_resume(str(tmp_path / "run"), tmp_path / "elsewhere") == (tmp_path / "run",
+                                                                              ckpts / "step000012.ckpt")
+    # an explicit checkpoint, file or sharded folder, is taken as given
+    assert resolve_resume(str(ckpts / "step000004.ckpt"), tmp_path / "x")[1].name == "step000004.ckpt"
+    sharded = ckpts / "step000020.ckpt"
+    sharded.mkdir()
+    (sharded / "meta.pt").write_bytes(b"")
+    assert resolve_resume(str(sharded), tmp_path / "x") == (tmp_path / "run", sharded)
+
+
+def test_an_older_runs_last_ckpt_still_resumes(tmp_path):
+    last = _ckpt(tmp_path / "run" / "checkpoints" / "last.ckpt", 7)
+    assert latest_checkpoint(last.parent) == last.resolve()
+
+
+def test_a_run_directory_without_checkpoints_is_refused(tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        resolve_resume(str(tmp_path / "run"), tmp_path / "x")
+
+
+def test_sharded_checkpoints_need_a_strategy_that_reads_them(tmp_path):
+    cfg = compose_cfg([])
+    fsdp = tmp_path / "step000004.ckpt"
+    fsdp.mkdir()
+    torch.save({"hydralign": {"compat": {"seed": cfg.seed}}}, fsdp / "meta.pt")
+    with pytest.raises(ConfigError, match="hardware.strategy=fsdp"):
+        check_resumable(fsdp, cfg, "ddp")
+    assert check_resumable(fsdp, cfg, "fsdp") == {"compat": {"seed": cfg.seed}}
+    zero = tmp_path / "ds.ckpt"
+    (zero / "checkpoint").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="hardware.strategy=deepspeed"):
+        check_resumable(zero, cfg, "fsdp")
+
+
+def test_loop_counters_follow_the_new_accumulation():
+    progress = {k: {"ready": 8, "completed": 8, "started": 8, "processed": 8} for k in ("total", "current")}
+    epoch = {k: {"ready": 1, "started": 1, "processed": 1, "completed": 1} for k in ("total", "current")}
+    ckpt = {"global_step": 4, "loops": {"fit_loop": {"epoch_loop.batch_progress": {**progress, "is_last_batch": True},
+                                                     "epoch_progress": epoch}}}
+    rederive_loop_progress(ckpt, grad_accum=4, total_steps=4)  # the run is over: left as it is
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"]["completed"] == 8
+    rederive_loop_progress(ckpt, grad_accum=4, total_steps=10)  # 4 steps of 2 micro-batches -> of 4; 6 to go
+    counts = ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+    assert counts["total"] == counts["current"] == {"ready": 16, "completed": 16, "started": 16, "processed": 16}
+    assert not counts["is_last_batch"] and epoch["total"] == {"ready": 1, "started": 1, "processed": 0,
+                                                              "completed": 0}
