@@ -53,8 +53,9 @@ def checkpoint_callbacks(ccfg: Any, ckpt_dir: Path, eval_every: int) -> tuple[Mo
 class RollingCheckpoints(Checkpoint):
     """Full training state (weights, optimizer, scheduler, loops, callbacks, RNG) at optimizer-step
     boundaries, into ``stepNNNNNN.ckpt`` (a file, or a folder of per-rank shards under FSDP2/DeepSpeed):
-    every ``every_n_steps`` steps and/or when ``every_n_minutes`` have passed since the last one (rank 0's
-    clock decides for every rank). Each is written under ``<name>.tmp`` and renamed once every rank is done,
+    every ``every_n_steps`` steps and/or when ``every_n_minutes`` have passed since the last one. Rank 0's
+    clock decides for every rank, read only every ~1% of the interval (the next step to look is chosen from
+    the measured step time and sent with the decision), so the broadcast costs nothing per step. Each is written under ``<name>.tmp`` and renamed once every rank is done,
     so a name without ``.tmp`` is complete; then ``last.ckpt`` is re-pointed at it (a relative symlink,
     replaced atomically) and all but the newest ``keep_last_k`` are deleted. A ``Checkpoint``: Lightning runs
     it after the other callbacks, so their state for the step is complete when it is saved."""
@@ -69,23 +70,35 @@ class RollingCheckpoints(Checkpoint):
         self.dir, self.every_n_steps, self.keep = Path(ckpt_dir), every_n_steps, keep_last_k
         self.interval_s = every_n_minutes * 60.0 if every_n_minutes else None
         self.last_saved_step: Optional[int] = None
-        self._clock = time.monotonic()
+        self._clock = time.monotonic()  # when the last checkpoint was written (or training started)
+        self._next_look = 0  # the step at which the clock is read next
+        self._looked = (0, self._clock)  # (step, time) of the last look
 
     def on_train_start(self, trainer, module) -> None:
         self._clock = time.monotonic()
+        self._next_look, self._looked = trainer.global_step + 1, (trainer.global_step, self._clock)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         if not batch.get("window_last", True):  # mid-accumulation: not a step boundary
             return
         step = trainer.global_step
         due = bool(self.every_n_steps) and step % self.every_n_steps == 0
-        if self.interval_s is not None:
-            late = time.monotonic() - self._clock >= self.interval_s
-            if trainer.world_size > 1:  # clocks differ: every rank follows rank 0, or some would wait forever
-                late = trainer.strategy.broadcast(late)
-            due = due or late
+        if self.interval_s is not None and step >= self._next_look:
+            due = self._time_is_up(trainer, step) or due
         if due:
             self.save(trainer)
+
+    def _time_is_up(self, trainer, step: int) -> bool:
+        """Rank 0's decision, and the step to look again (~1% of the interval away at the measured pace)."""
+        now = time.monotonic()
+        seconds_per_step = (now - self._looked[1]) / max(1, step - self._looked[0])
+        ahead = max(1, int(0.01 * self.interval_s / max(seconds_per_step, 1e-9)))
+        decision = (now - self._clock >= self.interval_s, step + ahead)
+        if trainer.world_size > 1:  # clocks differ: every rank follows rank 0, or some would wait forever
+            decision = trainer.strategy.broadcast(decision)
+        late, self._next_look = decision
+        self._looked = (step, now)
+        return late
 
     def save(self, trainer) -> Optional[Path]:
         """Write the current state as ``stepNNNNNN.ckpt`` (collective: every rank calls it)."""
