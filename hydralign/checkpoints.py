@@ -14,6 +14,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
+from hydralign import checkpoint_index
 from hydralign.errors import ConfigError
 from hydralign.resume import step_checkpoints
 
@@ -36,18 +37,47 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
-def checkpoint_callbacks(ccfg: Any, ckpt_dir: Path, eval_every: int) -> tuple[ModelCheckpoint, list]:
-    """(best, all callbacks). best: top-1 by ``checkpoint.monitor``; rolling: ``stepNNNNNN.ckpt`` every
-    ``checkpoint.every_n_steps`` steps (default: at each validation) and every ``checkpoint.every_n_minutes``,
-    the newest ``keep_last_k`` kept, ``last.ckpt`` linking to the newest."""
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best-step{step:06d}", monitor=ccfg.monitor,
-                           mode=ccfg.mode, save_top_k=1, auto_insert_metric_name=False)
+def checkpoint_callbacks(ccfg: Any, ckpt_dir: Path, eval_every: int,
+                         steps_per_epoch: Optional[int] = None) -> tuple[ModelCheckpoint, list]:
+    """(best, all callbacks). best: the top ``checkpoint.keep_best_k`` by ``checkpoint.monitor``; rolling:
+    ``stepNNNNNN.ckpt`` every ``checkpoint.every_n_steps`` steps (default: at each validation) and every
+    ``checkpoint.every_n_minutes``, the newest ``keep_last_k`` kept, ``last.ckpt`` linking to the newest.
+    Every checkpoint and every validation is recorded in ``checkpoints/index.json``."""
+    best = BestCheckpoints(dirpath=ckpt_dir, filename="best-step{step:06d}", monitor=ccfg.monitor,
+                           mode=ccfg.mode, save_top_k=ccfg.keep_best_k, auto_insert_metric_name=False,
+                           steps_per_epoch=steps_per_epoch)
     callbacks: list = [best]
     minutes = ccfg.every_n_minutes
     if ccfg.save_last or ccfg.every_n_steps or minutes:
         callbacks.append(RollingCheckpoints(ckpt_dir, ccfg.every_n_steps or (eval_every if ccfg.save_last else None),
-                                            minutes, ccfg.keep_last_k))
+                                            minutes, ccfg.keep_last_k, steps_per_epoch))
     return best, callbacks
+
+
+class BestCheckpoints(ModelCheckpoint):
+    """Lightning's top-K by the monitored metric, recording each validation's metrics and each kept
+    checkpoint's step in ``checkpoints/index.json`` (what ``<run>:best`` and ``:step=N`` read)."""
+
+    def __init__(self, *args: Any, steps_per_epoch: Optional[int] = None, **kwargs: Any):
+        if kwargs.get("save_top_k", 1) < 1:
+            raise ConfigError(f"checkpoint.keep_best_k={kwargs.get('save_top_k')}: keep at least one (>= 1)")
+        super().__init__(*args, **kwargs)
+        self.steps_per_epoch = steps_per_epoch
+
+    def on_validation_end(self, trainer, module) -> None:
+        super().on_validation_end(trainer, module)
+        if not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        ckpt_dir = Path(self.dirpath)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        checkpoint_index.record_validation(ckpt_dir, trainer.global_step, metrics)
+        if self.last_model_path is None:
+            return
+        for path in self.best_k_models:  # the one saved now is new to the index; the others are known
+            name = Path(path).name
+            if name not in checkpoint_index.read(ckpt_dir)["checkpoints"] and Path(path).exists():
+                checkpoint_index.record_checkpoint(ckpt_dir, name, trainer.global_step, self.steps_per_epoch,
+                                                   self.monitor, self.mode)
 
 
 class RollingCheckpoints(Checkpoint):
@@ -61,13 +91,14 @@ class RollingCheckpoints(Checkpoint):
     it after the other callbacks, so their state for the step is complete when it is saved."""
 
     def __init__(self, ckpt_dir: Path, every_n_steps: Optional[int], every_n_minutes: Optional[float],
-                 keep_last_k: int):
+                 keep_last_k: int, steps_per_epoch: Optional[int] = None):
         if keep_last_k < 1:
             raise ConfigError(f"checkpoint.keep_last_k={keep_last_k}: keep at least the newest checkpoint (>= 1)")
         if every_n_minutes is not None and every_n_minutes <= 0:
             raise ConfigError(f"checkpoint.every_n_minutes={every_n_minutes} must be > 0 (null: no time-based "
                               "checkpoints)")
         self.dir, self.every_n_steps, self.keep = Path(ckpt_dir), every_n_steps, keep_last_k
+        self.steps_per_epoch = steps_per_epoch
         self.interval_s = every_n_minutes * 60.0 if every_n_minutes else None
         self.last_saved_step: Optional[int] = None
         self._clock = time.monotonic()  # when the last checkpoint was written (or training started)
@@ -125,6 +156,7 @@ class RollingCheckpoints(Checkpoint):
             os.replace(link, last)
             for old in step_checkpoints(self.dir)[:-self.keep]:
                 _remove(old)
+            checkpoint_index.record_checkpoint(self.dir, final.name, step, self.steps_per_epoch)
         trainer.strategy.barrier("checkpoint done")
         self.last_saved_step, self._clock = step, time.monotonic()
         return final

@@ -68,12 +68,21 @@ def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
 
 def resolve_resume(resume: Optional[str], run_dir: Path) -> tuple[Path, Optional[Path]]:
     """``resume``: "auto" (this run_dir's newest complete checkpoint, if any: a fresh start otherwise),
-    a run directory (continue it in place), or a checkpoint (a ``.ckpt`` file or sharded folder).
+    a run directory (continue it in place), a checkpoint (a ``.ckpt`` file or sharded folder), or a
+    reference with a selector (``<run>:step=N``, ``runs:/<id>:last``; ``hydralign.lineage``).
     Returns (run directory to write into, checkpoint to restore)."""
     if not resume:
         return run_dir, None
     if resume == "auto":
         return run_dir, latest_checkpoint(run_dir / "checkpoints")
+    from hydralign.lineage import resolve_reference, split_reference
+
+    if split_reference(resume)[1] is not None or resume.startswith("runs:/"):  # <run>:step=N, runs:/<id>, ...
+        found = resolve_reference(resume, what="resume")
+        if found.kind != "ckpt" or found.run_dir is None:
+            raise ConfigError(f"resume={resume} names exported weights, not a training checkpoint of a run: "
+                              "use a selector (:last, :step=N, :best) or init_from to start a new run from them")
+        return found.run_dir, found.path
     path = Path(resume).expanduser().resolve()
     if path.suffix == ".ckpt" and path.exists():  # a file, or a sharded checkpoint's folder
         run = path.parent.parent if path.parent.name == "checkpoints" else run_dir

@@ -168,6 +168,18 @@ def run_identity(cfg: Any, plan: Plan, run_dir: Path) -> tuple[str, dict[str, st
     return cfg.logger.run_name or name, tags
 
 
+def log_lineage(logger, resolved: dict[str, Any]) -> None:
+    """Which checkpoint seeded this run, as tags: ``lineage.source_run_id``, ``lineage.selector``,
+    ``lineage.step``, ``lineage.metric``, ``lineage.metric_value``, ``lineage.path`` for ``init_from``
+    (``lineage.teacher.*`` for a distillation teacher)."""
+    from hydralign.lineage import REFERENCES, lineage_tags
+
+    client, run_id = logger.experiment, logger.run_id
+    for key, found in resolved.items():
+        for tag, value in lineage_tags(found, REFERENCES[key]).items():
+            retry_locked(client.set_tag, run_id, tag, value)
+
+
 def finish(logger, state: str, error: Optional[str] = None) -> None:
     """Close the run: MLflow status from the trial state (COMPLETE, PRUNED, FAIL), tagged as well."""
     client, run_id = logger.experiment, logger.run_id

@@ -74,7 +74,7 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     (default: now), the origin of ``time/startup_seconds`` (job start to first training step)."""
     started = started or time.time()
     from hydralign.resume import check_resumable, resolve_resume
-    from hydralign.tracking import config_params, finish, log_params, make_logger
+    from hydralign.tracking import config_params, finish, log_lineage, log_params, make_logger
 
     run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
     run_dir = run_dir.resolve()
@@ -85,10 +85,12 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     config_plan = make_plan(cfg)  # refuses what the strategy cannot run, before the MLflow run exists
     if ckpt_path is not None:  # another model, effective batch, ...: refused with the keys that differ
         check_resumable(ckpt_path, cfg, config_plan.strategy)
+    lineage = resolve_lineage(cfg)  # init_from / teacher_from that match nothing fail here, listing what exists
     logger = make_logger(cfg, config_plan, run_dir, run_id=run_id)
     if logger is not None and _rank_zero():
         id_file.write_text(logger.run_id)
         log_params(logger, config_params(cfg, config_plan))
+        log_lineage(logger, lineage)
     state, error = "FAIL", None
     try:
         metrics, pruned_at = _train(cfg, run_dir, ckpt_path, logger, list(callbacks or []), started)
@@ -134,7 +136,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     plan = make_plan(cfg, num_train_examples=len(data.train_examples))
     data.plan = plan
 
-    best_cb, ckpt_cbs = checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints", plan.eval_every_n_steps)
+    best_cb, ckpt_cbs = checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints", plan.eval_every_n_steps,
+                                             plan.steps_per_epoch)
     from hydralign.pruning import pruning_callback
 
     pruning = pruning_callback(cfg.optimized_metric)  # a job of an Optuna sweep: report, maybe stop early
@@ -210,18 +213,29 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     return metrics, pruned_at
 
 
+def resolve_lineage(cfg: DictConfig) -> dict[str, Any]:
+    """{config key: Resolved} for each reference the config sets; printed by rank 0."""
+    from hydralign.lineage import REFERENCES, describe, reference_of, resolve_reference
+
+    found = {}
+    for key in REFERENCES:
+        ref = reference_of(cfg, key)
+        if ref:
+            found[key] = resolve_reference(ref, cfg.logger.tracking_uri, what=key)
+            if _rank_zero():
+                print(f"hydralign: {key}: {describe(found[key])}", flush=True)
+    return found
+
+
 def _initial_model(cfg: DictConfig, tokenizer: Any):
     """The policy before PEFT: built from config or loaded, then ``init_from``'s weights. A 4-bit
     (QLoRA) base cannot take full-precision weights afterwards, so it loads ``init_from`` directly."""
     from hydralign.models import build_model, load_weights
 
-    if cfg.init_from and cfg.peft.load_in_4bit:
-        from hydralign.lineage import resolve_weights
+    if cfg.init_from and cfg.peft.load_in_4bit:  # a training checkpoint is exported as a model directory first
+        from hydralign.lineage import resolve_model_dir
 
-        path = resolve_weights(cfg.init_from)
-        if not path.is_dir():
-            raise ConfigError(f"init_from={cfg.init_from} is a .ckpt; peft=qlora loads its 4-bit base from a model "
-                              "directory: give the run directory (its hf_model/) instead")
+        path = resolve_model_dir(cfg.init_from, cfg.logger.tracking_uri)
         mcfg = OmegaConf.merge(cfg.model, {"source": "pretrained", "name_or_path": str(path)})
         return build_model(mcfg, tokenizer, cfg.seed, cfg.peft)
     model = build_model(cfg.model, tokenizer, cfg.seed, cfg.peft)

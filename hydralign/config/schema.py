@@ -211,6 +211,7 @@ class CheckpointConfig:
     every_n_steps: Optional[int] = None
     every_n_minutes: Optional[float] = None
     keep_last_k: int = 3
+    keep_best_k: int = 1  # best-stepNNNNNN.ckpt: the top K by monitor (what <run>:best can pick from)
     save_last: bool = True  # false: no rolling checkpoints unless every_n_steps / every_n_minutes ask
     export_hf: bool = True  # save_pretrained of the final model into <run_dir>/hf_model
 

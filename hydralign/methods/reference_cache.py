@@ -49,7 +49,10 @@ def weights_identity(cfg: Any) -> dict[str, Any]:
     files: list[Path] = []
     if cfg.init_from:
         path = resolve_weights(cfg.init_from)
-        files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+        if path.is_dir():  # an HF directory's weights, or every shard of a sharded checkpoint
+            files = sorted(path.glob("*.safetensors")) or sorted(p for p in path.rglob("*") if p.is_file())
+        else:
+            files = [path]
         ident["init_from"] = str(path)
     elif mcfg["source"] == "pretrained":
         ident.update(name_or_path=mcfg["name_or_path"], revision=mcfg["revision"])

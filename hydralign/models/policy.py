@@ -98,8 +98,9 @@ def build_model(mcfg: Any, tokenizer, seed: int, pcfg: Any = None) -> torch.nn.M
 
 
 def load_weights(model: torch.nn.Module, source: str) -> None:
-    """``init_from``: an HF directory (safetensors), a hydralign run directory (its exported model) or
-    a Lightning .ckpt (weights_only), as ``hydralign.lineage.resolve_weights`` finds it."""
+    """``init_from``: an HF directory (safetensors), a hydralign run directory (its exported model, or the
+    checkpoint a selector such as ``:best`` picks) or a Lightning checkpoint (weights_only), as
+    ``hydralign.lineage.resolve_weights`` finds it."""
     from hydralign.lineage import resolve_weights
 
     path = resolve_weights(source)
@@ -110,8 +111,9 @@ def load_weights(model: torch.nn.Module, source: str) -> None:
         for f in sorted(path.glob("*.safetensors")):
             state.update(load_file(str(f)))
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+        from hydralign.model_export import checkpoint_weights
+
+        state = checkpoint_weights(path)  # a .ckpt file, or an FSDP2 checkpoint's shards
         if any(".lora_" in k for k in state):  # a PEFT run's checkpoint: its exported hf_model/ is merged
             raise ConfigError(f"init_from={source} holds LoRA adapter weights; start from that run's "
                               "directory (its merged hf_model/) instead")
