@@ -47,12 +47,18 @@ def task(cfg: DictConfig) -> Optional[float]:
         if cfg.dry_run:
             print(format_plan(plan, title=_job_title()), flush=True)
             return None
+        from hydralign.slurm import join_slurm_step
+
+        _refuse_slurm_single_run()
+        join_slurm_step()  # a task of a SLURM job (submitit, srun): this process is one rank of it
         check_machine(cfg.hardware)
         from hydralign.console import configure_console
         from hydralign.train import objective, run
 
         configure_console()
-        from hydralign.launch import launch, needs_launch
+        from hydralign.launch import apply_env, launch, needs_launch
+
+        apply_env(cfg.hardware)  # NCCL settings, before any process group (ranks started below inherit them)
 
         if needs_launch(cfg.hardware):  # one node, several devices: hydralign starts the ranks itself
             from hydralign.train import default_run_dir
@@ -74,6 +80,23 @@ def task(cfg: DictConfig) -> Optional[float]:
     if isinstance(names, str):
         return objective(metrics, names)
     return tuple(objective(metrics, name) for name in names)  # one value per direction of the study
+
+
+def _refuse_slurm_single_run() -> None:
+    """Hydra hands only multiruns to a launcher: without -m, hydra/launcher=submitit_slurm would run the job
+    here, on the login node."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from hydralign.slurm import SLURM_LAUNCHER
+
+    try:
+        target = OmegaConf.select(HydraConfig.get(), "launcher._target_", default=None)
+    except ValueError:
+        return
+    if target == SLURM_LAUNCHER and not _in_multirun():
+        raise ConfigError("hydra/launcher=submitit_slurm submits the jobs of a multirun only: add -m (one job "
+                          "is a multirun of one); without it the job would run here")
 
 
 def _in_multirun() -> bool:

@@ -2,7 +2,8 @@
 
 GPUs are counted from the device files the NVIDIA driver creates (``/dev/nvidia<N>``), limited by
 ``CUDA_VISIBLE_DEVICES``; a multi-node preset needs the launcher's environment (torchrun's
-``WORLD_SIZE`` or SLURM's ``SLURM_NNODES``).
+``WORLD_SIZE`` or SLURM's ``SLURM_NNODES``). Jobs submitted to SLURM (``hydra/launcher=submitit_slurm``) are
+checked in their tasks, where they run, never on the login node that submits them.
 """
 
 from __future__ import annotations
@@ -42,20 +43,30 @@ def requirement(hw: Any) -> str:
 
 def check_machine(hw: Any) -> None:
     """Raise ConfigError naming what the ``hardware`` preset needs and what this machine has."""
+    from hydralign.slurm import step_tasks
+
     if hw.accelerator == "gpu":
         have = visible_gpus()
         if have < hw.devices_per_node:
             raise ConfigError(
                 f"hardware={hw.name} needs {requirement(hw)}; this machine has {have} visible "
-                f"GPU(s). Run it on a machine with {hw.devices_per_node} GPU(s) per node, "
-                f"use hardware=cpu (or cpu_2proc) here, or add dry_run=true to print the plan only.")
+                f"GPU(s). Run it on a machine with {hw.devices_per_node} GPU(s) per node, submit it to SLURM "
+                f"(add hydra/launcher=submitit_slurm and -m), use hardware=cpu (or cpu_2proc) here, or add "
+                "dry_run=true to print the plan only.")
     world = hw.nodes * hw.devices_per_node
-    if hw.nodes > 1 and "LOCAL_RANK" not in os.environ and "SLURM_PROCID" not in os.environ:
+    tasks = step_tasks()
+    if tasks > 1 and "LOCAL_RANK" not in os.environ and tasks != world:
         raise ConfigError(
-            f"hardware={hw.name} runs {world} processes on {hw.nodes} nodes: start it once per node with "
-            f"srun (one task per device) or torchrun --nnodes {hw.nodes} --nproc-per-node {hw.devices_per_node} "
-            "-m hydralign ...; on one node hydralign starts its processes itself (never by re-running its "
-            "command line, which breaks under Hydra multiruns)")
+            f"hardware={hw.name} needs {requirement(hw)}, one task per device; this SLURM step runs {tasks} "
+            f"task(s). Submit it with hydra/launcher=submitit_slurm (it asks for {hw.nodes} node(s) x "
+            f"{hw.devices_per_node} task(s)) or srun --nodes {hw.nodes} --ntasks-per-node {hw.devices_per_node}")
+    if hw.nodes > 1 and "LOCAL_RANK" not in os.environ and tasks <= 1:
+        raise ConfigError(
+            f"hardware={hw.name} runs {world} processes on {hw.nodes} nodes: submit it to SLURM (add "
+            "hydra/launcher=submitit_slurm and -m), or start it once per node with srun (one task per device) "
+            f"or torchrun --nnodes {hw.nodes} --nproc-per-node {hw.devices_per_node} -m hydralign ...; on one node "
+            "hydralign starts its processes itself (never by re-running its command line, which breaks under "
+            "Hydra multiruns)")
     if hw.nodes > 1 and launched_nodes() != hw.nodes:
         raise ConfigError(
             f"hardware={hw.name} needs {requirement(hw)}; this process was launched on "

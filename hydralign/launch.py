@@ -10,8 +10,12 @@ launched environment and never re-runs the script.
 
 A rank that fails ends the whole job: the others are stopped and the job raises the failing rank's
 own error (written to ``<run_dir>/launch/rank<N>.error``); under a multirun the sweep goes on with its
-other jobs. Multi-node runs are started by the cluster (srun, one task per device, or torchrun on
-every node): each rank then joins from its environment and this module is not used.
+other jobs. Multi-node runs are started by the cluster (SLURM through ``hydra/launcher=submitit_slurm``, srun
+with one task per device, or torchrun on every node): each rank then joins from its environment
+(``hydralign.slurm.join_slurm_step`` for a SLURM task) and this module starts nothing.
+
+``apply_env`` sets ``hardware.env`` (the GPU presets' NCCL settings) in the job's environment before any
+process group exists; ranks started here inherit it.
 """
 
 from __future__ import annotations
@@ -28,14 +32,25 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydralign.errors import ConfigError, DataError
+from hydralign.slurm import step_tasks
 
 PRUNED_EXIT, CONFIG_EXIT = 3, 2
-LAUNCHED_ENV = ("LOCAL_RANK", "SLURM_PROCID")
 
 
 def launched_externally() -> bool:
-    """torchrun, srun or this launcher already made this process a rank."""
-    return any(k in os.environ for k in LAUNCHED_ENV)
+    """torchrun, srun (a task of a multi-task step) or this launcher already made this process a rank."""
+    return "LOCAL_RANK" in os.environ or step_tasks() > 1
+
+
+def apply_env(hw: Any) -> dict[str, str]:
+    """Set ``hardware.env`` in this process's environment (ranks started later inherit it); a value given there
+    replaces an inherited one. Returns what changed, as ``{name: value}``."""
+    changed = {}
+    for name, value in (hw.get("env", None) or {}).items():
+        if os.environ.get(str(name)) != str(value):
+            changed[str(name)] = str(value)
+    os.environ.update(changed)
+    return changed
 
 
 def needs_launch(hw: Any) -> bool:
@@ -55,7 +70,10 @@ class RankFailed(RuntimeError):
 def rank_env(rank: int, world: int, port: int, extra: dict[str, str]) -> dict[str, str]:
     env = {**os.environ, **extra}
     env.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world),
-               GROUP_RANK="0", NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+               GROUP_RANK="0", NODE_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+               # Lightning then reads the variables above (a torchrun-style launch), also inside a SLURM
+               # allocation, where it would otherwise take SLURM's task count (1) as the world size
+               TORCHELASTIC_RUN_ID=f"hydralign-{port}")
     return env
 
 

@@ -61,6 +61,10 @@ def check_strategy(cfg: Any, held_frozen: tuple[str, ...] = ()) -> None:
                 raise ConfigError(f"hardware.{key}=true applies to DeepSpeed only; with hardware.strategy="
                                   f"{strategy} set hardware.{key}=false, or hardware.strategy=deepspeed")
 
+    timeout = _get(cfg, "hardware.dist_timeout_min")
+    if timeout is not None and float(timeout) <= 0:
+        raise ConfigError(f"hardware.dist_timeout_min={timeout}: give the minutes a collective may wait (> 0), or "
+                          "null for Lightning's 30")
     fsdp_options = {"fsdp_reshard_after_forward": True, "fsdp_accumulate_unsharded": False}
     for key, default in fsdp_options.items():
         value = bool(_get(cfg, f"hardware.{key}", default))
@@ -139,24 +143,36 @@ def loss_multiplier(plan: Any) -> int:
 
 
 # --- building the strategy -------------------------------------------------------------------------
+def process_group_timeout(cfg: Any) -> dict[str, Any]:
+    """``timeout=`` for the strategy from ``hardware.dist_timeout_min`` (nothing when null: Lightning's 30
+    minutes). A collective that waits longer fails the job (NCCL's watchdog, ``hardware.env``)."""
+    minutes = _get(cfg, "hardware.dist_timeout_min")
+    if minutes is None:
+        return {}
+    from datetime import timedelta
+
+    return {"timeout": timedelta(minutes=float(minutes))}
+
+
 def build_strategy(plan: Any, cfg: Any):
     """Lightning's strategy for the plan: "auto" for one plain process, else a strategy object."""
     backend = _get(cfg, "hardware.process_backend")
+    timeout = process_group_timeout(cfg)
     if plan.strategy == "fsdp":
         from lightning.pytorch.strategies import ModelParallelStrategy
 
         # Data parallel over every rank, no tensor parallelism; each rank saves its own shard.
         return ModelParallelStrategy(data_parallel_size=plan.world_size, tensor_parallel_size=1,
-                                     save_distributed_checkpoint=True, process_group_backend=backend)
+                                     save_distributed_checkpoint=True, process_group_backend=backend, **timeout)
     if plan.strategy == "deepspeed":
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
-        return DeepSpeedStrategy(config=deepspeed_config(plan, cfg), process_group_backend=backend)
+        return DeepSpeedStrategy(config=deepspeed_config(plan, cfg), process_group_backend=backend, **timeout)
     if plan.world_size == 1:
         return "auto"
     from lightning.pytorch.strategies import DDPStrategy
 
-    return DDPStrategy(process_group_backend=backend)
+    return DDPStrategy(process_group_backend=backend, **timeout)
 
 
 # --- FSDP2 -----------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ unless ``dry_run``): if any cell fails, no job runs and the message lists each b
 overrides and its fix (exit 2). Other sweepers (Optuna samples its cells as it goes) get the hardware
 check of the base config; a sampled cell that fails its plan is that trial's FAIL. For the Optuna
 sweeper, its direction(s) must fit ``optimized_metric`` (it minimizes unless told).
+
+Jobs submitted to SLURM (``hydra/launcher=submitit_slurm``, ``hydralign.slurm``) run elsewhere: the machine
+check is left to their tasks, and each cell must fit what the SLURM job asks for instead. With ``dry_run``
+their plans are printed here and nothing is submitted.
 """
 
 from __future__ import annotations
@@ -65,17 +69,25 @@ def repeated_names(config: DictConfig) -> list[str]:
     return sorted(n for n, k in counts.items() if k > 1)
 
 
-def check_cell(config: DictConfig, cell: list[str], loader: Any, hardware: bool) -> Optional[str]:
-    """None if the cell composes and plans (and, with ``hardware``, this machine can run it); else why."""
+def check_cell(config: DictConfig, cell: list[str], loader: Any, hardware: bool,
+               slurm_job: Optional[dict] = None) -> Optional[str]:
+    """None if the cell composes and plans (and, with ``hardware``, this machine can run it; with ``slurm_job``,
+    a SLURM job asking for that can); else why."""
     from hydralign.errors import ConfigError
     from hydralign.hardware import check_machine
     from hydralign.plan import make_plan
+    from hydralign.slurm import resource_problem
 
     try:
         cfg = loader.load_sweep_config(config, list(cell))
         make_plan(cfg)
         if hardware:
             check_machine(cfg.hardware)
+        if slurm_job is not None:
+            problem = resource_problem(slurm_job, cfg.hardware, fix=False)
+            if problem:  # the launcher was made once, from the config without the swept values
+                return (problem + ": one launcher submits every job of a multirun, so give the hardware on the "
+                        "command line, one multirun per hardware, not as a swept value")
     except ConfigError as err:
         return str(err)
     except Exception as err:  # composition: an unknown option or key in this cell
@@ -87,13 +99,17 @@ def bad_cells(config: DictConfig) -> tuple[int, list[tuple[str, str]]]:
     """(number of cells, [(cell name, reason)]) of a basic-sweeper grid."""
     from hydra.core.global_hydra import GlobalHydra
 
+    from hydralign.slurm import requested, submits_to_slurm
+
     cells = grid_cells(config) or []
     fixed = fixed_keys(config)
     loader = GlobalHydra.instance().config_loader()
-    hardware = not config.get("dry_run", False)
+    remote = submits_to_slurm(config)  # its jobs run on SLURM's nodes: this machine's hardware does not matter
+    hardware = not config.get("dry_run", False) and not remote
+    slurm_job = requested(config) if remote else None
     bad = []
     for cell in cells:
-        reason = check_cell(config, cell, loader, hardware)
+        reason = check_cell(config, cell, loader, hardware, slurm_job)
         if reason is not None:
             bad.append((cell_name(cell, fixed), reason))
     return len(cells), bad
@@ -134,6 +150,38 @@ def direction_problem(config: DictConfig) -> Optional[str]:
     return None
 
 
+def print_slurm_dry_run(config: DictConfig) -> None:
+    """Each job's plan (a grid's cells, else the base config's), and what its SLURM job would ask for."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from hydralign.plan import format_plan, make_plan
+    from hydralign.slurm import describe, requested
+
+    cells = grid_cells(config)
+    loader = GlobalHydra.instance().config_loader()
+    configs = [(f"job {i}: {' '.join(c) or '(defaults)'}", loader.load_sweep_config(config, list(c)))
+               for i, c in enumerate(cells)] if cells is not None else [("plan (each trial)", config)]
+    for title, cfg in configs:
+        print(format_plan(make_plan(cfg), title=title), flush=True)
+    count = f"{len(cells)} SLURM job(s)" if cells is not None else "one SLURM job per trial"
+    print(f"dry run: nothing submitted; hydra/launcher=submitit_slurm would submit {count}, each asking for "
+          f"{describe(requested(config))}", flush=True)
+
+
+def shared_store_note(config: DictConfig) -> Optional[str]:
+    """A note when jobs on SLURM's nodes would write to an MLflow store kept in a file (SQLite)."""
+    import os
+
+    if OmegaConf.select(config, "logger.name", default=None) != "mlflow":
+        return None
+    uri = OmegaConf.select(config, "logger.tracking_uri", default=None) or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and not uri.startswith(("sqlite:", "file:")) and "://" in uri:
+        return None
+    return (f"note: the jobs will write to the MLflow store {uri or 'outputs/mlflow.db (SQLite)'}, a file; jobs on "
+            "several nodes need a server they share: logger.tracking_uri=http://<host>:5000 (README, \"Stores "
+            "for multi-node sweeps\")")
+
+
 def refuse(message: str) -> None:
     print(f"hydralign: {message}", file=sys.stderr, flush=True)
     sys.exit(2)
@@ -141,23 +189,36 @@ def refuse(message: str) -> None:
 
 class GridCheck(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydralign.slurm import requested, resource_problem, submits_to_slurm
+
         problem = direction_problem(config)
         if problem:
             refuse(problem)
-        if grid_cells(config) is None:
-            if not config.get("dry_run", False):
-                from hydralign.errors import ConfigError
-                from hydralign.hardware import check_machine
+        dry_run = bool(config.get("dry_run", False))
+        remote = submits_to_slurm(config)  # the jobs run on SLURM's nodes, checked there
+        if remote:
+            problem = resource_problem(requested(config), config.hardware)
+            if problem:
+                refuse(problem)
+        if grid_cells(config) is not None:
+            started = time.perf_counter()
+            total, bad = bad_cells(config)
+            if bad:
+                lines = [f"{len(bad)} of {total} cells of this grid cannot run, so no job was started "
+                         f"(checked in {time.perf_counter() - started:.1f} s):"]
+                lines += [f"  {name}: {reason}" for name, reason in bad]
+                refuse("\n".join(lines))
+        elif not dry_run and not remote:
+            from hydralign.errors import ConfigError
+            from hydralign.hardware import check_machine
 
-                try:  # a preset this machine cannot run fails every trial alike
-                    check_machine(config.hardware)
-                except ConfigError as err:
-                    refuse(str(err))
-            return
-        started = time.perf_counter()
-        total, bad = bad_cells(config)
-        if bad:
-            lines = [f"{len(bad)} of {total} cells of this grid cannot run, so no job was started "
-                     f"(checked in {time.perf_counter() - started:.1f} s):"]
-            lines += [f"  {name}: {reason}" for name, reason in bad]
-            refuse("\n".join(lines))
+            try:  # a preset this machine cannot run fails every trial alike
+                check_machine(config.hardware)
+            except ConfigError as err:
+                refuse(str(err))
+        if remote and dry_run:
+            print_slurm_dry_run(config)
+            sys.exit(0)
+        note = shared_store_note(config) if remote else None
+        if note:
+            print(f"hydralign: {note}", file=sys.stderr, flush=True)

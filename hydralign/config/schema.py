@@ -116,6 +116,17 @@ class HardwareConfig:
     # all-reduce; every rank then keeps whole (unsharded) gradients between micro-batches.
     fsdp_accumulate_unsharded: bool = False
     process_backend: Optional[str] = None  # nccl | gloo (null = accelerator default)
+    # A collective that waits longer than this fails the job (the process group's timeout; null = Lightning's
+    # 30 minutes). Raise it when rank 0 works alone for long while the others wait (loading a large model).
+    dist_timeout_min: Optional[int] = None
+    # Set into the environment of every rank before its process group starts (the NCCL settings of the GPU
+    # presets); a value given here replaces an inherited one. New keys: +hardware.env.NAME=value.
+    env: dict[str, str] = field(default_factory=dict)
+    # SLURM, with hydra/launcher=submitit_slurm (conf/hydra/launcher/submitit_slurm.yaml): the job asks for
+    # `nodes` nodes with `devices_per_node` tasks on each (one per device), and for:
+    slurm_gpus_per_node: Optional[int] = None  # GPUs on each node (GPU presets: ${.devices_per_node})
+    slurm_cpus_per_task: Optional[int] = None  # CPU cores per task (null: the cluster's default)
+    slurm_time_min: int = 60  # the job's time limit (sbatch --time), minutes
 
 
 @dataclass
@@ -251,3 +262,20 @@ def register() -> None:
     store.store(name="config_schema", node=Config)
     for name, spec in METHODS.items():  # conf/method/<name>.yaml starts from <name>_schema
         store.store(group="method", name=f"{name}_schema", node=spec.schema)
+    _rename_slurm_launcher(store)
+
+
+def _rename_slurm_launcher(store: Any) -> None:
+    """hydra-submitit-launcher's SLURM config (ConfigStore ``hydra/launcher/submitit_slurm``) moves to
+    ``submitit_slurm_base``, which ``conf/hydra/launcher/submitit_slurm.yaml`` extends with the hardware preset's
+    resources. conf/ comes first on Hydra's search path, so ``hydra/launcher=submitit_slurm`` picks that file;
+    were the plugin's node left under the same name, Hydra would also merge it into the file as a schema
+    ("automatic schema matching", deprecated since Hydra 1.1, with a warning on every run)."""
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # imports every plugin once (it re-runs their modules): the plugin's node is stored now
+    launchers = store.repo.get("hydra", {}).get("launcher", {})
+    node = launchers.pop("submitit_slurm.yaml", None)
+    if node is not None:
+        node.name = "submitit_slurm_base.yaml"
+        launchers[node.name] = node

@@ -32,7 +32,7 @@ def test_gpu_preset_without_gpus(monkeypatch):
 def test_multi_node_needs_a_launcher(monkeypatch):
     monkeypatch.setattr(hardware, "visible_gpus", lambda: 8)
     monkeypatch.setenv("LOCAL_RANK", "0")
-    for var in ("SLURM_NNODES", "NNODES", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+    for var in ("SLURM_NNODES", "NNODES", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_ID"):
         monkeypatch.delenv(var, raising=False)
     hardware.check_machine(hw("8xA100"))
     with pytest.raises(ConfigError, match=r"torchrun --nnodes 4 --nproc-per-node 8"):
@@ -43,6 +43,9 @@ def test_multi_node_needs_a_launcher(monkeypatch):
     assert "PITFALLS" not in str(err.value) and "breaks under Hydra multiruns" in str(err.value)
     monkeypatch.setenv("SLURM_PROCID", "0")
     monkeypatch.setenv("SLURM_NNODES", "4")
+    with pytest.raises(ConfigError, match=r"submit it to SLURM"):  # a batch script's own process is no rank
+        hardware.check_machine(hw("4x8xA100"))
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "32")  # one of srun's 32 tasks (hydralign.slurm joins it)
     hardware.check_machine(hw("4x8xA100"))
 
 
