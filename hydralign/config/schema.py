@@ -237,6 +237,9 @@ class Config:
     run_dir: Optional[str] = None  # null: Hydra's output dir
     # What a sweep's job returns: a metric name, or a list of names for a multi-objective Optuna study.
     optimized_metric: Any = "val/exact_match"
+    # Named paths for interpolation, so a sweep file can say where its runs start (sweeps/
+    # sft_ckpt_early_vs_final.yaml: refs.sft=<run dir>, then init_from=${refs.sft}:${refs.start}).
+    refs: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     peft: PeftConfig = field(default_factory=PeftConfig)
