@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 # Params that never define a cell: seeds are pooled; the rest is bookkeeping or derived by the plan.
-POOLED = {"seed", "run_dir", "resume", "init_from", "grad_accum", "micro_batch", "total_steps", "warmup_steps",
+POOLED = {"seed", "run_dir", "resume", "init_from", "method.teacher_from", "grad_accum", "micro_batch", "total_steps", "warmup_steps",
           "max_tokens_per_step", "effective_batch", "world_size"}
 POOLED_PREFIXES = ("sweep.", "logger.")
 
@@ -47,15 +47,21 @@ class Cell:
 
 
 def differing_params(runs: list[RunRow]) -> list[str]:
-    keys = sorted({k for r in runs for k in r.params}, key=lambda k: (k.count("."), k))
+    """The params that split the runs into cells. A param that splits them exactly as an earlier one does
+    adds nothing (an interpolated twin such as optimizer.lr = lr, or what a cell's config changes besides
+    its method); the method and the sweep's named refs come first, then shallow keys before nested ones."""
+    keys = sorted({k for r in runs for k in r.params},
+                  key=lambda k: (k != "method.name" and not k.startswith("refs."), k.count("."), k))
     out, seen = [], set()
     for k in keys:
         if k in POOLED or k.startswith(POOLED_PREFIXES):
             continue
-        column = tuple(r.params.get(k) for r in runs)
-        if len(set(column)) > 1 and column not in seen:  # an interpolated twin (optimizer.lr = lr) adds nothing
+        column = [r.params.get(k) for r in runs]
+        first = {v: i for i, v in reversed(list(enumerate(column)))}
+        partition = tuple(first[v] for v in column)
+        if len(first) > 1 and partition not in seen:
             out.append(k)
-            seen.add(column)
+            seen.add(partition)
     return out
 
 
