@@ -9,6 +9,7 @@ import shutil
 import time
 from pathlib import Path
 from typing import Any, Optional
+from weakref import proxy
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
@@ -63,6 +64,26 @@ class BestCheckpoints(ModelCheckpoint):
             raise ConfigError(f"checkpoint.keep_best_k={kwargs.get('save_top_k')}: keep at least one (>= 1)")
         super().__init__(*args, **kwargs)
         self.steps_per_epoch = steps_per_epoch
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        """Lightning's save, made atomic for sharded folders too: every rank writes under ``<name>.tmp``,
+        then rank 0 renames it into place."""
+        final = Path(filepath)
+        tmp = final.with_name(final.name + ".tmp")
+        if trainer.is_global_zero:
+            _remove(tmp)
+        trainer.strategy.barrier("best checkpoint begin")
+        trainer.save_checkpoint(tmp, self.save_weights_only)
+        trainer.strategy.barrier("best checkpoint written")
+        if trainer.is_global_zero:
+            _remove(final)
+            os.replace(tmp, final)
+        trainer.strategy.barrier("best checkpoint done")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
 
     def on_validation_end(self, trainer, module) -> None:
         super().on_validation_end(trainer, module)

@@ -52,7 +52,10 @@ def test_fsdp2_two_processes_match_one_process(tmp_path):
     single = _curve(tmp_path, "single", 1, ["checkpoint.export_hf=false"])  # 1 x micro 2 x accum 4
     assert sharded["sharded"] == ["model"] and single["sharded"] == []
     _assert_same_curves(sharded, single)
-    assert (tmp_path / "fsdp" / "checkpoints" / "last.ckpt").is_dir()  # each rank saved its own shard
+    ckpts = tmp_path / "fsdp" / "checkpoints"
+    assert (ckpts / "last.ckpt").is_dir()  # each rank saved its own shard
+    assert [p.is_dir() for p in ckpts.glob("best-step*")] == [True]  # renamed into place once complete
+    assert not list(ckpts.glob("*.tmp"))
 
 
 def test_fsdp2_dpo_shards_the_reference_and_exports_whole_weights(tmp_path):
