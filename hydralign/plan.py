@@ -86,6 +86,23 @@ def _divisibility_hint(effective: int, world: int, micro: int) -> str:
             + ", ".join(fixes))
 
 
+def _check_loss_chunk(cfg: Any, method: str, strategy: str) -> None:
+    chunk = _get(cfg, "model.loss_chunk_size")
+    if chunk is None:
+        return
+    if int(chunk) < 1:
+        raise ConfigError(f"model.loss_chunk_size={chunk} must be >= 1 (loss positions per chunk, e.g. 4096), or null "
+                          "for the model's own head")
+    if method not in ("sft", "dpo"):
+        raise ConfigError(f"model.loss_chunk_size={chunk} applies to method=sft and method=dpo; method={method} "
+                          "computes its own loss: set model.loss_chunk_size=null")
+    if strategy == "fsdp" or (strategy == "deepspeed" and _get(cfg, "hardware.zero_stage") == 3):
+        what = "FSDP2" if strategy == "fsdp" else "DeepSpeed ZeRO-3"
+        raise ConfigError(f"model.loss_chunk_size={chunk} runs the LM head outside the model's forward, where "
+                          f"{what} has not gathered its sharded weights: set model.loss_chunk_size=null, or "
+                          "hardware.strategy=ddp (or deepspeed with hardware.zero_stage=1 or 2)")
+
+
 def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     """Derive and check every size. ``num_train_examples`` is the loaded train split's size; without
     it the plan uses what the config knows (synthetic task size, ``data.num_examples``)."""
@@ -119,6 +136,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
             raise ConfigError(f"hardware.gpu={gpu} cannot run flash-attention 2 (Ampere or newer); "
                               "set model.attn_implementation=sdpa")
     check_strategy(cfg, held_frozen=spec.held_models(cfg))  # what fsdp / deepspeed cannot run, and the fix
+    _check_loss_chunk(cfg, spec.name, strategy)
 
     effective = int(_get(cfg, "batch.effective", 1))
     if effective < 1:

@@ -28,7 +28,10 @@ class ModelConfig:
     gradient_checkpointing: bool = False  # lower activation memory, ~30% more compute
     tokenizer: Optional[str] = None  # "char" = local character tokenizer; null = same as name_or_path
     chat_template: str = "chatml"  # chatml | tulu | auto (the tokenizer's own template)
-    num_parameters: Optional[float] = None  # informational, printed in the plan (e.g. 8.0e9)
+    num_parameters: Optional[float] = None  # printed in the plan (e.g. 8.0e9); the memory estimate's size for pretrained
+    # The LM head and the loss over this many loss positions at a time, so [tokens, vocab] logits are never held
+    # at once (hydralign/losses/chunked_ce.py; SFT and DPO). null: the model's own head and full logits.
+    loss_chunk_size: Optional[int] = None
     # Architecture for source=config (LlamaConfig fields).
     hidden_size: int = 128
     num_layers: int = 4
@@ -38,6 +41,9 @@ class ModelConfig:
     max_position_embeddings: int = 256
     init_std: float = 0.02
     tie_word_embeddings: bool = False
+    # Vocabulary size, read only by the plan's memory estimate (source=config: the tokenizer's size decides what
+    # is built; pretrained cards state their config.json's value together with the fields above).
+    vocab_size: Optional[int] = None
 
 
 @dataclass
@@ -102,6 +108,7 @@ class HardwareConfig:
     nodes: int = 1
     devices_per_node: int = 1
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | bf16-true
+    device_memory_gb: Optional[float] = None  # memory of one device (GPU presets), for the plan's memory estimate
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed
     zero_stage: Optional[int] = None  # deepspeed ZeRO stage (1, 2, 3)
     # DeepSpeed: keep optimizer states (any stage) / parameters (ZeRO-3 only) in CPU memory: far less GPU

@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 
+from hydralign.losses.chunked_ce import chunked_sequence_logps, decoder_hidden
 from hydralign.losses.preference import preference_loss
 from hydralign.losses.token_ce import sequence_logps
 from hydralign.methods.base import PostTrainingModule
@@ -16,8 +17,13 @@ from hydralign.methods.registry import dpo_needs_reference
 from hydralign.models.peft import adapters_disabled, is_peft
 
 
-def pair_logps(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs and lengths of the batch's 2B rows (chosen rows first), one forward."""
+def pair_logps(model: torch.nn.Module, batch: dict,
+               chunk: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and lengths of the batch's 2B rows (chosen rows first), one forward. ``chunk``
+    (``model.loss_chunk_size``): the head and log-softmax over that many loss positions at a time."""
+    if chunk:
+        hidden, head = decoder_hidden(model, batch)
+        return chunked_sequence_logps(hidden, head.weight, batch["labels"], int(chunk), head.bias)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     return sequence_logps(logits, batch["labels"])
 
@@ -67,10 +73,10 @@ class DPOModule(PostTrainingModule):
             table = self.reference_logps[batch["split"]][batch["index"].to(self.device)]  # [B, 2]
             return table[:, 0], table[:, 1]
         if "reference" in self._frozen:
-            logps, _ = pair_logps(self._frozen["reference"], batch)
+            logps, _ = pair_logps(self._frozen["reference"], batch, self.cfg.model.get("loss_chunk_size"))
         else:
             with adapters_disabled(self.model):
-                logps, _ = pair_logps(self.model, batch)
+                logps, _ = pair_logps(self.model, batch, self.cfg.model.get("loss_chunk_size"))
         return logps[:n], logps[n:]
 
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -78,7 +84,7 @@ class DPOModule(PostTrainingModule):
         n = real.shape[0]
         # The reference first: its forward then never coexists with the policy's saved activations.
         ref_chosen, ref_rejected = self._reference(batch, n)
-        logps, lengths = pair_logps(self.model, batch)
+        logps, lengths = pair_logps(self.model, batch, self.cfg.model.get("loss_chunk_size"))
         lengths = lengths.clamp(min=1).to(logps.dtype)
         m = self.cfg.method
         losses, r_chosen, r_rejected = preference_loss(
