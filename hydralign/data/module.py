@@ -47,11 +47,11 @@ def load_records(cfg: Any, kind: str = "sft") -> tuple[dict[str, list], dict[str
     to_item = _converter(cfg, kind, skipped)
     if dcfg.source == "arithmetic":
         a = dcfg.arithmetic
-        splits = make_splits(cfg.seed, a.num_train, a.num_val, a.max_digits, a.system_prompt,
-                             a.pad_operands)
+        seed = cfg.seed if a.get("seed") is None else a.seed  # data.arithmetic.seed pins the split
+        splits = make_splits(seed, a.num_train, a.num_val, a.max_digits, a.system_prompt, a.pad_operands)
         out = {}
         for split in ("train", "val"):
-            recs = preference_records(splits[split], cfg.seed) if kind == "preference" else splits[split]
+            recs = preference_records(splits[split], seed) if kind == "preference" else splits[split]
             items = [to_item(r, f"arithmetic {split} #{i}", split) for i, r in enumerate(recs)]
             out[split] = [x for x in items if x is not None]
         return out, skipped
