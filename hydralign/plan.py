@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from hydralign.config.schema import OptimizerConfig, ScheduleConfig
 from hydralign.errors import ConfigError
+from hydralign.memory import MemoryEstimate, estimate_memory, format_memory, memory_inputs
 from hydralign.methods.registry import get_method
 from hydralign.optimizers import OPTIMIZERS
 from hydralign.strategies import check_strategy
@@ -53,6 +54,7 @@ class Plan:
     eval_every_n_steps: int
     seed: int
     num_parameters: Optional[float] = None  # model.num_parameters, as the model card states it
+    memory: Optional[MemoryEstimate] = None  # per device, from the config (hydralign.memory); None: size unknown
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -248,6 +250,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     optimizer = _get(cfg, "optimizer.name", OptimizerConfig.name)
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name={optimizer} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
+    inputs = memory_inputs(cfg, micro, spec.sequences_per_example, spec.held_models(cfg), spec.name)
     return Plan(
         method=spec.name, data_kind=spec.data_kind, loss_unit=spec.unit, frozen_models=spec.frozen_models(cfg),
         model=str(_get(cfg, "model.name", "?")), accelerator=accelerator, strategy=strategy,
@@ -257,6 +260,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         num_train_examples=num_train_examples, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         epochs=epochs, warmup_steps=warmup, lr=lr, schedule=schedule, eval_every_n_steps=every,
         seed=seed, num_parameters=_get(cfg, "model.num_parameters"),
+        memory=estimate_memory(inputs) if inputs is not None else None,
     )
 
 
@@ -290,6 +294,6 @@ def format_plan(plan: Plan, title: str = "plan") -> str:
         ("lr / schedule", f"{plan.lr:g} / {plan.schedule}"),
         ("validate every", f"{plan.eval_every_n_steps} steps"),
         ("seed", plan.seed),
-    ]
+    ] + format_memory(plan.memory)
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"== {title} =="] + [f"  {k.ljust(width)}  {show(v)}" for k, v in rows])

@@ -92,10 +92,12 @@ def retry_locked(fn, *args, attempts: int = 20, **kwargs):
 
 
 def config_params(cfg: Any, plan: Plan) -> dict[str, str]:
-    """Known before any data is read: the flattened resolved config and the batch sizes."""
+    """Known before any data is read: the flattened resolved config, the batch sizes and the memory estimate."""
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params.update({"effective_batch": str(plan.effective_batch), "grad_accum": str(plan.grad_accum),
                    "world_size": str(plan.world_size), "micro_batch": str(plan.micro_batch)})
+    if plan.memory is not None:  # the plan's per-device estimate (hydralign.memory)
+        params["memory_estimate_gib"] = f"{plan.memory.total_gib:.3f}"
     return params
 
 

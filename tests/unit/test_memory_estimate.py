@@ -1,0 +1,192 @@
+"""The plan's per-device memory estimate (hydralign/memory.py): each piece against hand arithmetic for a small
+config, the fit verdict, its warning text and the overrides it suggests."""
+
+from __future__ import annotations
+
+import pytest
+
+from hydralign.memory import GIB
+from hydralign.plan import format_plan, make_plan
+from tests.helpers import compose_cfg
+
+# model=tiny with a 100-token vocabulary: h=128, 4 layers, 4 heads (kv = h), I=256, untied head.
+SMALL = ["model=tiny", "model.vocab_size=100", "data.max_seq_len=64", "batch.effective=8", "batch.micro=8"]
+EMBED = 100 * 128  # 12,800 (input embedding; the untied head is as large)
+LAYER = 2 * 128 * 128 + 2 * 128 * 128 + 3 * 128 * 256 + 2 * 128  # q,o + k,v + gate,up,down + 2 norms = 164,096
+P = 2 * EMBED + 4 * LAYER + 128  # + final norm = 682,112
+TOKENS = 8 * 64  # micro x max_seq_len
+# Activations per token and layer, fp32 (r = a = 4 bytes): 6h x r + (3h + 2kv + 4I) x a + (2 + heads) x 4
+LAYER_ACT = 6 * 128 * 4 + (3 * 128 + 2 * 128 + 4 * 256) * 4 + (2 + 4) * 4  # 3072 + 6656 + 24 = 9,752
+FINAL_NORM = 3 * 128 * 4  # 1,536
+
+
+def _mem(overrides):
+    return make_plan(compose_cfg(SMALL + overrides)).memory
+
+
+def _bytes(gib):
+    return gib * GIB
+
+
+def test_full_fp32_sft_pieces():
+    m = _mem(["hardware=cpu"])
+    assert P == 682_112 and m.trainable_params == P
+    assert _bytes(m.parameters_gib) == pytest.approx(4 * P)
+    assert _bytes(m.gradients_gib) == pytest.approx(4 * P)
+    assert _bytes(m.optimizer_gib) == pytest.approx(8 * P)  # AdamW m and v, fp32
+    assert _bytes(m.activations_gib) == pytest.approx(TOKENS * (4 * LAYER_ACT + FINAL_NORM))  # 20,758,528
+    assert _bytes(m.logits_gib) == pytest.approx(TOKENS * 100 * 12)  # 614,400
+    assert m.frozen_gib == 0 and m.fits is None and m.device_gib is None
+    assert _bytes(m.total_gib) == pytest.approx(16 * P + 20_758_528 + 614_400)  # 32,286,720
+
+
+def test_checkpointing_keeps_layer_inputs_plus_one_layer():
+    m = _mem(["model.gradient_checkpointing=true"])
+    assert _bytes(m.activations_gib) == pytest.approx(TOKENS * (4 * 128 * 4 + LAYER_ACT + FINAL_NORM))
+
+
+def test_chunked_loss_holds_two_chunks_of_logits_and_the_loss_rows():
+    m = _mem(["model.loss_chunk_size=100"])
+    assert _bytes(m.logits_gib) == pytest.approx(2 * 100 * 100 * 4 + TOKENS * 128 * 4)  # 80,000 + 262,144
+
+
+def test_other_optimizers():
+    assert _bytes(_mem(["optimizer=sgd", "optimizer.momentum=0.9"]).optimizer_gib) == pytest.approx(4 * P)
+    assert _mem(["optimizer=sgd", "optimizer.momentum=0.0"]).optimizer_gib == 0
+    assert _mem(["optimizer=adafactor"]).optimizer_gib == 0  # factored: rows + columns, counted as 0
+
+
+def test_dpo_holds_a_reference_copy_and_two_rows_per_pair():
+    m = _mem(["method=dpo"])
+    assert m.tokens_per_micro == 2 * TOKENS
+    assert _bytes(m.frozen_gib) == pytest.approx(4 * P)
+    assert _bytes(m.logits_gib) == pytest.approx(2 * TOKENS * 100 * 12)
+    assert _mem(["method=dpo", "method.precompute_ref=true"]).frozen_gib == 0
+
+
+def test_lora_trains_adapters_only_and_needs_no_reference_copy():
+    m = _mem(["method=dpo", "peft=lora", "peft.r=8"])
+    # r x (q 2h + k (h+kv) + v (h+kv) + o 2h + gate (h+I) + up (h+I) + down (I+h)) x layers = 8 x 2176 x 4
+    lora = 8 * (256 + 256 + 256 + 256 + 384 + 384 + 384) * 4
+    assert lora == 69_632 and m.trainable_params == lora
+    assert _bytes(m.parameters_gib) == pytest.approx(4 * P + 4 * lora)  # frozen fp32 base + fp32 adapters
+    assert _bytes(m.gradients_gib) == pytest.approx(4 * lora)
+    assert _bytes(m.optimizer_gib) == pytest.approx(8 * lora)
+    assert m.frozen_gib == 0
+
+
+def test_fsdp_mixed_precision_shards_states_and_gathers_two_layers_and_the_root():
+    m = _mem(["hardware=8xA100", "batch.effective=64"])  # world 8, bf16-mixed, fp32 weights
+    assert _bytes(m.parameters_gib) == pytest.approx(4 * P / 8 + 2 * (2 * LAYER + 2 * EMBED))
+    assert _bytes(m.gradients_gib) == pytest.approx(4 * P / 8)
+    assert _bytes(m.optimizer_gib) == pytest.approx(8 * P / 8)
+    # bf16 compute (a = 2), fp32 residual stream (r = 4), + the 16-bit casts of the two norm outputs (2h x 2)
+    layer = 6 * 128 * 4 + (3 * 128 + 2 * 128 + 4 * 256) * 2 + (2 + 4) * 4 + 2 * 128 * 2
+    assert _bytes(m.activations_gib) == pytest.approx(TOKENS * (4 * layer + FINAL_NORM))
+    assert m.device_gib == 80 and m.fits is True
+
+
+def test_deepspeed_zero_stages_and_offload():
+    base = ["hardware=8xA100", "batch.effective=64", "hardware.strategy=deepspeed"]
+    z1, z2, z3 = (_mem(base + [f"hardware.zero_stage={s}"]) for s in (1, 2, 3))
+    # mixed precision: 2-byte weights and gradients, fp32 master + m + v = 12 bytes of optimizer state
+    assert _bytes(z1.parameters_gib) == pytest.approx(2 * P) and _bytes(z1.gradients_gib) == pytest.approx(2 * P)
+    assert _bytes(z1.optimizer_gib) == pytest.approx(12 * P / 8)
+    assert _bytes(z2.gradients_gib) == pytest.approx(2 * P / 8) and _bytes(z2.parameters_gib) == pytest.approx(2 * P)
+    assert _bytes(z3.parameters_gib) == pytest.approx(2 * P / 8 + 2 * 2 * LAYER)  # + two gathered layers
+    off = _mem(base + ["hardware.zero_stage=2", "hardware.zero_offload_optimizer=true"])
+    assert off.optimizer_gib == 0 and any("optimizer states in CPU memory" in n for n in off.notes)
+
+
+def test_qlora_base_in_four_bits():
+    cfg = ["model=qwen15_7b", "hardware=1xV100", "peft=qlora", "batch.effective=8", "batch.micro=1"]
+    m = make_plan(compose_cfg(cfg)).memory
+    h, kv, i, layers, vocab = 4096, 4096, 11008, 32, 151936
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * i)
+    lora = layers * 64 * (2 * h + (h + kv) * 2 + 2 * h + 3 * (h + i))
+    assert m.trainable_params == lora
+    # 4-bit linears + block constants (0.0159 byte with double quantization), the rest (embeddings, head, norms)
+    # at 2 bytes of the card's 7.7e9, and fp32 adapters
+    assert _bytes(m.parameters_gib) == pytest.approx(linear * 0.5159 + (7.7e9 - linear) * 2 + lora * 4)
+    assert _bytes(m.logits_gib) == pytest.approx(m.tokens_per_micro * vocab * 12)  # the card's vocabulary
+
+
+def test_pretrained_card_without_architecture_says_what_is_missing():
+    m = make_plan(compose_cfg(["model=gpt2_120m"])).memory
+    assert m.activations_gib is None and m.logits_gib is None
+    assert _bytes(m.parameters_gib) == pytest.approx(4 * 1.24e8)
+    text = format_plan(make_plan(compose_cfg(["model=gpt2_120m"])))
+    assert "activations unknown" in text and "model.hidden_size" in text
+
+
+def test_fit_warning_and_suggested_overrides():
+    small = SMALL + ["model.vocab_size=5000", "hardware.device_memory_gb=0.01"]  # logits worth chunking
+    plan = make_plan(compose_cfg(small))
+    m = plan.memory
+    assert m.fits is False and m.total_gib > 0.01
+    text = format_plan(plan)
+    assert "WARNING: does not fit the device's 0.01 GiB" in text and "to fit, try" in text
+    keys = [s.split(" (")[0] for s in m.suggestions]
+    assert keys[0] == "batch.micro=1"  # activations dominate: the smallest total first
+    # no strategy change on one CPU process
+    assert set(keys) == {"batch.micro=1", "model.gradient_checkpointing=true", "model.loss_chunk_size=4096",
+                         "peft=lora"}
+    # with the 100-token vocabulary chunking cannot help (4096 > the 512 loss rows) nor can rank-64 adapters
+    # (557k parameters next to the model's 682k): neither is suggested
+    tiny_vocab = make_plan(compose_cfg(SMALL + ["hardware.device_memory_gb=0.01"])).memory.suggestions
+    assert [s.split(" (")[0] for s in tiny_vocab] == ["batch.micro=1", "model.gradient_checkpointing=true"]
+    for suggestion in m.suggestions:  # each total is what the plan gives with that override
+        key, total = suggestion.split(" (")[0], float(suggestion.split(" (")[1].split(" GiB")[0])
+        again = make_plan(compose_cfg(small + [key])).memory
+        assert again.total_gib == pytest.approx(total, abs=0.05)
+        assert again.total_gib < m.total_gib
+        assert ("fits" in suggestion) == (again.total_gib <= 0.01)
+
+
+def test_an_8b_dpo_on_one_a100_is_warned_with_the_override_that_fits():
+    plan = make_plan(compose_cfg(["experiment=tulu3_8b_dpo", "hardware=1xA100", "batch.grad_accum=null"]))
+    m = plan.memory
+    assert m.fits is False and m.total_gib > 80
+    # 8.03e9 parameters x (bf16 weights 2 + grads 2 + AdamW 4) + a bf16 reference copy 2: 64 GB before activations
+    assert _bytes(m.parameters_gib + m.gradients_gib + m.optimizer_gib + m.frozen_gib) == pytest.approx(
+        8.0e9 * 10)
+    assert m.suggestions[0].startswith("peft=lora") and "fits" in m.suggestions[0]
+    assert "hardware.strategy=fsdp" not in " ".join(m.suggestions)  # one GPU: nothing to shard over
+    fits = make_plan(compose_cfg(["experiment=tulu3_8b_dpo"])).memory  # the card's 32 GPUs, FSDP2
+    assert fits.fits is True and fits.total_gib < 80
+
+
+def test_suggests_sharding_when_several_ranks_replicate():
+    cfg = ["experiment=tulu3_8b_dpo", "hardware=8xA100", "hardware.strategy=ddp", "batch.grad_accum=null"]
+    m = make_plan(compose_cfg(cfg)).memory
+    assert m.fits is False and any(s.startswith("hardware.strategy=fsdp") and "fits" in s for s in m.suggestions)
+
+
+def test_every_gpu_preset_states_its_device_memory():
+    for preset, gib in (("1xA100", 80), ("4x8xA100", 80), ("8xA100", 80), ("8xH100", 80), ("1xV100", 32)):
+        assert compose_cfg([f"hardware={preset}"]).hardware.device_memory_gb == gib
+
+
+def test_char_vocabulary_matches_the_tokenizer():
+    from hydralign.memory import char_vocab_size
+    from hydralign.models import char_tokenizer
+
+    assert char_vocab_size() == len(char_tokenizer())
+
+
+def test_estimate_is_logged_as_a_param():
+    from hydralign.tracking import config_params
+
+    cfg = compose_cfg(SMALL)
+    plan = make_plan(cfg)
+    assert config_params(cfg, plan)["memory_estimate_gib"] == f"{plan.memory.total_gib:.3f}"
+
+
+def test_plan_module_stays_torch_free():
+    import subprocess
+    import sys
+
+    code = ("import sys; from tests.helpers import compose_cfg; from hydralign.plan import make_plan, format_plan; "
+            "format_plan(make_plan(compose_cfg(['experiment=tulu3_8b_dpo']))); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
