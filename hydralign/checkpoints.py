@@ -102,14 +102,15 @@ class BestCheckpoints(ModelCheckpoint):
 
 
 class RollingCheckpoints(Checkpoint):
-    """Full training state (weights, optimizer, scheduler, loops, callbacks, RNG) at optimizer-step
-    boundaries, into ``stepNNNNNN.ckpt`` (a file, or a folder of per-rank shards under FSDP2/DeepSpeed):
-    every ``every_n_steps`` steps and/or when ``every_n_minutes`` have passed since the last one. Rank 0's
-    clock decides for every rank, read only every ~1% of the interval (the next step to look is chosen from
-    the measured step time and sent with the decision), so the broadcast costs nothing per step. Each is written under ``<name>.tmp`` and renamed once every rank is done,
-    so a name without ``.tmp`` is complete; then ``last.ckpt`` is re-pointed at it (a relative symlink,
-    replaced atomically) and all but the newest ``keep_last_k`` are deleted. A ``Checkpoint``: Lightning runs
-    it after the other callbacks, so their state for the step is complete when it is saved."""
+    """Full training state (weights, optimizer, scheduler, loops, callbacks) at optimizer-step boundaries,
+    into ``stepNNNNNN.ckpt`` (a file, or a folder of per-rank shards under FSDP2/DeepSpeed): every
+    ``every_n_steps`` steps and/or when ``every_n_minutes`` have passed since the last one. Rank 0's clock
+    decides for every rank, read only every ~1% of the interval (the next step to look is chosen from the
+    measured step time and sent with the decision), so the broadcast costs nothing per step. Each is written
+    under ``<name>.tmp`` and renamed once every rank is done, so a name without ``.tmp`` is complete; then
+    ``last.ckpt`` is re-pointed at it (a relative symlink, replaced atomically), all but the newest
+    ``keep_last_k`` are deleted and the step is recorded in ``checkpoints/index.json``. A ``Checkpoint``:
+    Lightning runs it after the other callbacks, so their state for the step is complete when it is saved."""
 
     def __init__(self, ckpt_dir: Path, every_n_steps: Optional[int], every_n_minutes: Optional[float],
                  keep_last_k: int, steps_per_epoch: Optional[int] = None):
