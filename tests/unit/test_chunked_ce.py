@@ -150,3 +150,37 @@ def test_plan_refuses_what_the_chunked_head_cannot_run(overrides, message):
         make_plan(compose_cfg(["model.loss_chunk_size=4096"] + overrides))
     make_plan(compose_cfg(["model.loss_chunk_size=4096", "hardware=8xA100", "hardware.strategy=deepspeed",
                            "hardware.zero_stage=2"]))  # ZeRO-2 keeps whole weights on every GPU: allowed
+
+
+@pytest.mark.parametrize("peft", [False, True])
+def test_dpo_pair_logps_chunked_through_the_model_and_a_peft_wrapper(peft):
+    """decoder_hidden finds the decoder and the head (also inside PEFT); DPO's log-probs and their gradients
+    equal the full-logits path."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hydralign.methods.dpo import pair_logps
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=V, hidden_size=H, num_hidden_layers=2, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=T))
+    if peft:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ids = torch.randint(0, V, (B + 1, T))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # right padding
+    labels = ids.clone()
+    labels[:, :3] = -100
+    labels[mask == 0] = -100
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    params = [p for p in model.parameters() if p.requires_grad]
+    w = torch.tensor([1.0, -0.5, 2.0, 0.7])
+    full, n_full = pair_logps(model, batch)
+    grads_full = torch.autograd.grad((full * w).sum(), params)
+    chunked, n_chunked = pair_logps(model, batch, chunk=5)
+    grads_chunked = torch.autograd.grad((chunked * w).sum(), params)
+    assert n_chunked.tolist() == n_full.tolist()
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-6)
+    for got, want in zip(grads_chunked, grads_full):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
