@@ -319,12 +319,11 @@ def _candidates(m: MemoryInputs) -> list[tuple[str, MemoryInputs]]:
         out.append(("batch.micro=1", dataclasses.replace(m, micro=1)))
     if not m.checkpointing and m.arch is not None:
         out.append(("model.gradient_checkpointing=true", dataclasses.replace(m, checkpointing=True)))
-    chunk_ok = m.method in ("sft", "dpo") and m.strategy != "fsdp" and not (
-        m.strategy == "deepspeed" and m.zero_stage == 3)
+    chunk_ok = m.method in ("sft", "dpo") and not (m.strategy == "deepspeed" and m.zero_stage == 3)
     if chunk_ok and not m.loss_chunk and m.arch is not None:
         out.append(("model.loss_chunk_size=4096", dataclasses.replace(m, loss_chunk=4096)))
     if m.world > 1 and m.strategy in ("auto", "ddp"):
-        out.append(("hardware.strategy=fsdp", dataclasses.replace(m, strategy="fsdp", loss_chunk=None)))
+        out.append(("hardware.strategy=fsdp", dataclasses.replace(m, strategy="fsdp")))
     if m.strategy == "deepspeed":
         if (m.zero_stage or 0) < 3 and not m.held:
             out.append(("hardware.zero_stage=3", dataclasses.replace(m, zero_stage=3)))

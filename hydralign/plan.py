@@ -98,11 +98,10 @@ def _check_loss_chunk(cfg: Any, method: str, strategy: str) -> None:
     if method not in ("sft", "dpo"):
         raise ConfigError(f"model.loss_chunk_size={chunk} applies to method=sft and method=dpo; method={method} "
                           "computes its own loss: set model.loss_chunk_size=null")
-    if strategy == "fsdp" or (strategy == "deepspeed" and _get(cfg, "hardware.zero_stage") == 3):
-        what = "FSDP2" if strategy == "fsdp" else "DeepSpeed ZeRO-3"
-        raise ConfigError(f"model.loss_chunk_size={chunk} runs the LM head outside the model's forward, where "
-                          f"{what} has not gathered its sharded weights: set model.loss_chunk_size=null, or "
-                          "hardware.strategy=ddp (or deepspeed with hardware.zero_stage=1 or 2)")
+    if strategy == "deepspeed" and _get(cfg, "hardware.zero_stage") == 3:
+        raise ConfigError(f"model.loss_chunk_size={chunk} runs the LM head's weight outside the head module, which "
+                          "DeepSpeed ZeRO-3 gathers only when the module itself runs: set model.loss_chunk_size=null, "
+                          "or hardware.strategy=fsdp (FSDP2 keeps the head gathered), or hardware.zero_stage=2")
 
 
 def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:

@@ -144,12 +144,32 @@ def chunked_sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: t
 def decoder_hidden(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.nn.Module]:
     """The decoder's last hidden states [B, T, H] (after the final norm) and the LM head module, for a
     Hugging Face causal LM (``model.model`` for Llama-like models: its ``base_model_prefix``), also inside a PEFT
-    wrapper. The head itself is not run."""
+    wrapper. The head itself is not run.
+
+    Under FSDP2 the model's own forward runs, with the head replaced by an identity for its duration: the root's
+    hooks then gather its weights (embeddings, final norm, head), and FSDP2 keeps the root's weights gathered from
+    its forward until its backward, so the head's whole weight is there for the chunked loss, and its gradient
+    is reduce-scattered with the root's at the end of the backward."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder = getattr(base, getattr(base, "base_model_prefix", "model"), None)
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if decoder is None or head is None or decoder is base:
         raise RuntimeError(f"model.loss_chunk_size needs a causal LM with a separate decoder and head; "
                            f"{type(base).__name__} has none: set model.loss_chunk_size=null")
+    if _fsdp_root(model):
+        base.set_output_embeddings(torch.nn.Identity())
+        try:
+            hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        finally:
+            base.set_output_embeddings(head)
+        return hidden, head
     out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     return out.last_hidden_state, head
+
+
+def _fsdp_root(model: torch.nn.Module) -> bool:
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)

@@ -138,8 +138,9 @@ def test_sft_with_chunked_loss_gives_the_same_loss_curve(tmp_path):
 
 @pytest.mark.parametrize("overrides, message", [
     (["model.loss_chunk_size=0"], "model.loss_chunk_size=0 must be >= 1"),
-    (["hardware=8xA100"], "where FSDP2 has not gathered its sharded weights: set model.loss_chunk_size=null"),
-    (["hardware=8xA100", "hardware.strategy=deepspeed", "hardware.zero_stage=3"], "DeepSpeed ZeRO-3"),
+    (["hardware=8xA100", "hardware.strategy=deepspeed", "hardware.zero_stage=3"],
+     "DeepSpeed ZeRO-3 gathers only when the module itself runs: set model.loss_chunk_size=null"),
+    (["method=distill", "method.teacher_from=/tmp/teacher"], "applies to method=sft and method=dpo"),
 ])
 def test_plan_refuses_what_the_chunked_head_cannot_run(overrides, message):
     from hydralign.errors import ConfigError
@@ -150,6 +151,7 @@ def test_plan_refuses_what_the_chunked_head_cannot_run(overrides, message):
         make_plan(compose_cfg(["model.loss_chunk_size=4096"] + overrides))
     make_plan(compose_cfg(["model.loss_chunk_size=4096", "hardware=8xA100", "hardware.strategy=deepspeed",
                            "hardware.zero_stage=2"]))  # ZeRO-2 keeps whole weights on every GPU: allowed
+    make_plan(compose_cfg(["model.loss_chunk_size=4096", "hardware=8xA100"]))  # FSDP2: the root's forward gathers
 
 
 @pytest.mark.parametrize("peft", [False, True])
