@@ -155,6 +155,9 @@ class ArithmeticConfig:
     max_digits: int = 3
     pad_operands: bool = True  # "007+042=": digits at fixed positions (much faster to learn)
     system_prompt: Optional[str] = None
+    # The split's seed (null: the run's seed). Pin it when runs that start from another run (init_from,
+    # teacher_from) vary their seed: their val set then stays the other run's, never its training data.
+    seed: Optional[int] = None
 
 
 @dataclass
