@@ -193,22 +193,12 @@ class PostTrainingModule(L.LightningModule):
         return counts
 
     def generate(self, prompts: list[list[int]]) -> list[tuple[list[int], bool]]:
-        """Greedy decoding, left-padded batch. Returns (tokens before the stop token, stopped)."""
-        pad = self.tokenizer.pad_token_id
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        out = self.model.generate(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-            max_new_tokens=self.cfg.eval.max_new_tokens, do_sample=False, eos_token_id=self.stop_token_ids,
-            pad_token_id=pad, synced_gpus=self.plan.strategy in ("fsdp", "deepspeed") and self.plan.world_size > 1,
-        )[:, width:].tolist()
-        stops = set(self.stop_token_ids)
-        results = []
-        for row in out:
-            cut = next((j for j, t in enumerate(row) if t in stops), None)
-            results.append((row[:cut], True) if cut is not None else (row, False))
-        return results
+        """Greedy decoding (``hydralign.generation.greedy``). Returns (tokens before the stop token, stopped)."""
+        from hydralign.generation import greedy
+
+        return greedy(self.model, prompts, self.tokenizer.pad_token_id, self.stop_token_ids,
+                      self.cfg.eval.max_new_tokens, self.device, synced=self.sharded_generation())
+
+    def sharded_generation(self) -> bool:
+        """Whether the weights are sharded over ranks, so every rank must join every generation forward."""
+        return self.plan.strategy in ("fsdp", "deepspeed") and self.plan.world_size > 1
