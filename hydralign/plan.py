@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
 from hydralign.config.schema import OptimizerConfig, ScheduleConfig
@@ -23,6 +23,30 @@ SCHEDULES = ("constant", "linear", "cosine", "multistep")
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything accepts [0, 2^32)
 STRATEGIES = ("auto", "ddp", "fsdp", "deepspeed")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true")
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """Online RL's batch hierarchy (method data kind ``prompts``): rollout batch -> mini-batches (one
+    optimizer step each) -> micro-batches per device with accumulation. Sizes in samples (= episodes:
+    one prompt -> completion -> reward) unless named prompts."""
+
+    prompts_per_rollout: int  # distinct prompts per rollout batch, all devices
+    generations_per_prompt: int  # samples per prompt (its advantage group)
+    samples_per_rollout: int  # prompts x generations = episodes per rollout batch, all devices
+    prompts_per_device: int  # each device generates whole groups for its share of the prompts
+    num_mini_batches: int  # optimizer steps per pass over a rollout batch
+    mini_batch_samples: int  # samples per optimizer step, all devices (= the plan's effective_batch)
+    mini_batch_samples_per_device: int  # local mini-batch
+    micro_batch_samples_per_device: int  # samples per forward per device
+    grad_accum_per_mini_batch: int  # forwards per device per optimizer step
+    num_iterations: int  # passes over each rollout batch
+    steps_per_rollout: int  # num_mini_batches x num_iterations
+    max_completion_length: int  # new tokens per sample
+    loss_type: str  # grpo | dapo | dr_grpo: what the step's loss sum is divided by
+    total_episodes: Optional[int]  # budget (null: from trainer.max_steps)
+    total_rollouts: Optional[int]
+    episodes_per_step: float  # samples_per_rollout / steps_per_rollout (generated once per rollout)
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,7 @@ class Plan:
     seed: int
     num_parameters: Optional[float] = None  # model.num_parameters, as the model card states it
     memory: Optional[MemoryEstimate] = None  # per device, from the config (hydralign.memory); None: size unknown
+    rollout: Optional[RolloutPlan] = None  # online RL (data kind prompts): the batch hierarchy
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,6 +129,112 @@ def _check_loss_chunk(cfg: Any, method: str, strategy: str) -> None:
                           "or hardware.strategy=fsdp (FSDP2 keeps the head gathered), or hardware.zero_stage=2")
 
 
+def _batch_sizes(cfg: Any, world: int) -> tuple[int, int, int, int]:
+    """(effective, micro, grad_accum, global_micro) of an offline method, checked."""
+    effective = int(_get(cfg, "batch.effective", 1))
+    if effective < 1:
+        raise ConfigError(f"batch.effective={effective} must be >= 1 (examples per optimizer step over all "
+                          f"devices), e.g. batch.effective={32 * world}")
+    micro_given = _get(cfg, "batch.micro")
+    if micro_given is None:
+        max_micro = int(_get(cfg, "batch.max_micro", 32))
+        if effective % world:
+            raise ConfigError(f"batch.effective={effective} is not divisible by world_size {world}; use a "
+                              f"multiple of {world}, e.g. batch.effective={(effective // world + 1) * world}")
+        per_device = effective // world
+        micro = max(m for m in range(1, min(per_device, max(1, max_micro)) + 1) if per_device % m == 0)
+    else:
+        micro = int(micro_given)
+    if micro < 1 or effective < 1:
+        raise ConfigError(f"batch.micro={micro} and batch.effective={effective} must both be >= 1")
+    global_micro = world * micro
+    if effective < global_micro:
+        raise ConfigError(f"batch.effective={effective} is smaller than world_size {world} x batch.micro "
+                          f"{micro} = {global_micro}; lower batch.micro to "
+                          f"{max(1, effective // world)} or raise batch.effective to {global_micro}")
+    if effective % global_micro:
+        raise ConfigError(_divisibility_hint(effective, world, micro))
+    grad_accum = effective // global_micro
+    given = _get(cfg, "batch.grad_accum")
+    if given is not None and int(given) != grad_accum:
+        raise ConfigError(f"batch.grad_accum={given} disagrees with the derived grad_accum {grad_accum} "
+                          f"(= batch.effective {effective} / (world_size {world} x batch.micro {micro})); "
+                          "drop batch.grad_accum or change batch.effective")
+    return effective, micro, grad_accum, global_micro
+
+
+GRPO_UNITS = {"grpo": "completions (each its own token mean)", "dapo": "completion tokens",
+              "dr_grpo": "completions x max_completion_length"}
+
+
+def _rollout_sizes(cfg: Any, world: int) -> tuple[RolloutPlan, int, int]:
+    """(the rollout hierarchy with its totals unset, micro, grad_accum) for a method of data kind prompts.
+    Every division checked, both numbers named."""
+    prompts = int(_get(cfg, "method.prompts_per_step", 16))
+    gens = int(_get(cfg, "method.num_generations", 4))
+    minis = int(_get(cfg, "method.num_mini_batches", 1))
+    iters = int(_get(cfg, "method.num_iterations", 1))
+    samples = prompts * gens
+    if prompts % world:
+        raise ConfigError(f"method.prompts_per_step={prompts} is not divisible by world_size {world} (each device "
+                          f"samples whole groups); use a multiple of {world}, e.g. method.prompts_per_step="
+                          f"{(prompts // world + 1) * world}")
+    if samples % minis:
+        raise ConfigError(f"the rollout batch of {samples} samples (method.prompts_per_step {prompts} x "
+                          f"method.num_generations {gens}) is not divisible by method.num_mini_batches={minis}")
+    mini = samples // minis
+    if mini % world:
+        raise ConfigError(f"the mini-batch of {mini} samples is not divisible by world_size {world}; change "
+                          "method.num_mini_batches or method.prompts_per_step")
+    local = mini // world
+    micro_given = _get(cfg, "batch.micro")
+    if micro_given is None:
+        cap = max(1, int(_get(cfg, "batch.max_micro", 32)))
+        micro = max(m for m in range(1, min(local, cap) + 1) if local % m == 0)
+    else:
+        micro = int(micro_given)
+        if micro < 1:
+            raise ConfigError(f"batch.micro={micro} must be >= 1 (samples per device per forward)")
+        if local % micro:
+            raise ConfigError(f"the local mini-batch of {local} samples per device is not divisible by batch.micro="
+                              f"{micro}; use a divisor of {local}, or batch.micro=null to derive one")
+    accum = local // micro
+    given = _get(cfg, "batch.grad_accum")
+    if given is not None and int(given) != accum:
+        raise ConfigError(f"batch.grad_accum={given} disagrees with the derived {accum} (local mini-batch {local} / "
+                          f"batch.micro {micro}); drop batch.grad_accum")
+    completion = _get(cfg, "method.max_completion_length") or _get(cfg, "eval.max_new_tokens", 32)
+    episodes = _get(cfg, "method.total_episodes")
+    rollout = RolloutPlan(
+        prompts_per_rollout=prompts, generations_per_prompt=gens, samples_per_rollout=samples,
+        prompts_per_device=prompts // world, num_mini_batches=minis, mini_batch_samples=mini,
+        mini_batch_samples_per_device=local, micro_batch_samples_per_device=micro, grad_accum_per_mini_batch=accum,
+        num_iterations=iters, steps_per_rollout=minis * iters, max_completion_length=int(completion),
+        loss_type=str(_get(cfg, "method.loss_type", "dapo")),
+        total_episodes=int(episodes) if episodes is not None else None, total_rollouts=None,
+        episodes_per_step=samples / (minis * iters))
+    return rollout, micro, accum
+
+
+def _rollout_steps(cfg: Any, rollout: RolloutPlan) -> int:
+    """Total optimizer steps: from method.total_episodes (whole rollout batches) or trainer.max_steps."""
+    per = rollout.steps_per_rollout
+    if rollout.total_episodes is not None:
+        rollouts = rollout.total_episodes // rollout.samples_per_rollout
+        if rollouts < 1:
+            raise ConfigError(f"method.total_episodes={rollout.total_episodes} is less than one rollout batch of "
+                              f"{rollout.samples_per_rollout} samples; raise it or lower method.prompts_per_step")
+        return rollouts * per
+    max_steps = _get(cfg, "trainer.max_steps")
+    if max_steps is None or int(max_steps) < 1:
+        raise ConfigError("training length is not set: give method.total_episodes=N (samples) or trainer.max_steps=N")
+    if int(max_steps) % per:
+        raise ConfigError(f"trainer.max_steps={max_steps} is not a multiple of the {per} optimizer steps per rollout "
+                          f"batch (method.num_mini_batches x method.num_iterations); use trainer.max_steps="
+                          f"{(int(max_steps) // per + 1) * per}")
+    return int(max_steps)
+
+
 def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     """Derive and check every size. ``num_train_examples`` is the loaded train split's size; without
     it the plan uses what the config knows (synthetic task size, ``data.num_examples``)."""
@@ -139,35 +270,12 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     check_strategy(cfg, held_frozen=spec.held_models(cfg))  # what fsdp / deepspeed cannot run, and the fix
     _check_loss_chunk(cfg, spec.name, strategy)
 
-    effective = int(_get(cfg, "batch.effective", 1))
-    if effective < 1:
-        raise ConfigError(f"batch.effective={effective} must be >= 1 (examples per optimizer step over all "
-                          f"devices), e.g. batch.effective={32 * world}")
-    micro_given = _get(cfg, "batch.micro")
-    if micro_given is None:
-        max_micro = int(_get(cfg, "batch.max_micro", 32))
-        if effective % world:
-            raise ConfigError(f"batch.effective={effective} is not divisible by world_size {world}; use a "
-                              f"multiple of {world}, e.g. batch.effective={(effective // world + 1) * world}")
-        per_device = effective // world
-        micro = max(m for m in range(1, min(per_device, max(1, max_micro)) + 1) if per_device % m == 0)
+    rollout: Optional[RolloutPlan] = None
+    if spec.data_kind == "prompts":
+        rollout, micro, grad_accum = _rollout_sizes(cfg, world)
+        effective, global_micro = rollout.mini_batch_samples, world * micro
     else:
-        micro = int(micro_given)
-    if micro < 1 or effective < 1:
-        raise ConfigError(f"batch.micro={micro} and batch.effective={effective} must both be >= 1")
-    global_micro = world * micro
-    if effective < global_micro:
-        raise ConfigError(f"batch.effective={effective} is smaller than world_size {world} x batch.micro "
-                          f"{micro} = {global_micro}; lower batch.micro to "
-                          f"{max(1, effective // world)} or raise batch.effective to {global_micro}")
-    if effective % global_micro:
-        raise ConfigError(_divisibility_hint(effective, world, micro))
-    grad_accum = effective // global_micro
-    given = _get(cfg, "batch.grad_accum")
-    if given is not None and int(given) != grad_accum:
-        raise ConfigError(f"batch.grad_accum={given} disagrees with the derived grad_accum {grad_accum} "
-                          f"(= batch.effective {effective} / (world_size {world} x batch.micro {micro})); "
-                          "drop batch.grad_accum or change batch.effective")
+        effective, micro, grad_accum, global_micro = _batch_sizes(cfg, world)
 
     if num_train_examples is None:
         if _get(cfg, "data.source") == "arithmetic":
@@ -176,7 +284,12 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
             n = int(_get(cfg, "data.num_examples"))
             num_train_examples = n - int(round(n * float(_get(cfg, "data.val_fraction", 0.0) or 0.0)))
     steps_per_epoch = None
-    if num_train_examples is not None:
+    if rollout is not None and num_train_examples is not None:
+        if num_train_examples < rollout.prompts_per_rollout:
+            raise ConfigError(f"the train split has {num_train_examples} prompts, fewer than one rollout batch needs "
+                              f"(method.prompts_per_step={rollout.prompts_per_rollout}); lower it or add data")
+        steps_per_epoch = num_train_examples // rollout.prompts_per_rollout * rollout.steps_per_rollout
+    elif num_train_examples is not None:
         if num_train_examples < effective:
             raise ConfigError(f"the train split has {num_train_examples} examples, fewer than one optimizer "
                               f"step needs (batch.effective={effective}); lower batch.effective or add data")
@@ -192,7 +305,11 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     if max_epochs is not None and float(max_epochs) != -1 and float(max_epochs) <= 0:
         raise ConfigError(f"trainer.max_epochs={max_epochs} must be > 0 (data passes); or set it to null and "
                           "give trainer.max_steps=N (optimizer steps)")
-    if max_steps is not None and int(max_steps) > 0:
+    if rollout is not None:
+        total_steps = _rollout_steps(cfg, rollout)
+        epochs = total_steps / steps_per_epoch if steps_per_epoch else None
+        rollout = replace(rollout, total_rollouts=total_steps // rollout.steps_per_rollout)
+    elif max_steps is not None and int(max_steps) > 0:
         total_steps = int(max_steps)
         epochs = total_steps / steps_per_epoch if steps_per_epoch else None
     elif max_epochs is not None and float(max_epochs) > 0:
@@ -251,7 +368,8 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         raise ConfigError(f"optimizer.name={optimizer} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
     inputs = memory_inputs(cfg, micro, spec.sequences_per_example, spec.held_models(cfg), spec.name)
     return Plan(
-        method=spec.name, data_kind=spec.data_kind, loss_unit=spec.unit, frozen_models=spec.frozen_models(cfg),
+        method=spec.name, data_kind=spec.data_kind,
+        loss_unit=GRPO_UNITS.get(rollout.loss_type, spec.unit) if rollout else spec.unit, frozen_models=spec.frozen_models(cfg),
         model=str(_get(cfg, "model.name", "?")), accelerator=accelerator, strategy=strategy,
         precision=precision, nodes=nodes, devices_per_node=devices, world_size=world, micro_batch=micro,
         grad_accum=grad_accum, global_micro_batch=global_micro, effective_batch=effective,
@@ -259,7 +377,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         num_train_examples=num_train_examples, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         epochs=epochs, warmup_steps=warmup, lr=lr, schedule=schedule, eval_every_n_steps=every,
         seed=seed, num_parameters=_get(cfg, "model.num_parameters"),
-        memory=estimate_memory(inputs) if inputs is not None else None,
+        memory=estimate_memory(inputs) if inputs is not None else None, rollout=rollout,
     )
 
 
@@ -293,6 +411,28 @@ def format_plan(plan: Plan, title: str = "plan") -> str:
         ("lr / schedule", f"{plan.lr:g} / {plan.schedule}"),
         ("validate every", f"{plan.eval_every_n_steps} steps"),
         ("seed", plan.seed),
-    ] + format_memory(plan.memory)
+    ] + format_rollout(plan.rollout) + format_memory(plan.memory)
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"== {title} =="] + [f"  {k.ljust(width)}  {show(v)}" for k, v in rows])
+
+
+def format_rollout(r: Optional[RolloutPlan]) -> list[tuple[str, Any]]:
+    """The online-RL hierarchy rows of the plan (none for offline methods)."""
+    if r is None:
+        return []
+    episodes = (f"{r.total_episodes} budget -> {r.total_rollouts} rollout batches x {r.samples_per_rollout}"
+                if r.total_episodes is not None else f"{r.total_rollouts} rollout batches x {r.samples_per_rollout}"
+                " (from trainer.max_steps)")
+    return [
+        ("rollout batch (samples)", f"{r.samples_per_rollout} = {r.prompts_per_rollout} prompts x "
+                                    f"{r.generations_per_prompt} generations ({r.prompts_per_device} prompts per device)"),
+        ("mini-batch (samples)", f"{r.mini_batch_samples} = rollout {r.samples_per_rollout} / {r.num_mini_batches} "
+                                 f"mini-batches = {r.mini_batch_samples // r.mini_batch_samples_per_device} devices x "
+                                 f"local {r.mini_batch_samples_per_device}; one optimizer step each"),
+        ("micro-batch (per device)", f"{r.micro_batch_samples_per_device} samples x {r.grad_accum_per_mini_batch} "
+                                     f"accumulation = local mini-batch {r.mini_batch_samples_per_device}"),
+        ("steps per rollout", f"{r.steps_per_rollout} = {r.num_mini_batches} mini-batches x {r.num_iterations} "
+                              "iterations"),
+        ("episodes", f"{episodes} (generated once per rollout; {r.episodes_per_step:g} per optimizer step)"),
+        ("max completion length", f"{r.max_completion_length} tokens, loss type {r.loss_type}"),
+    ]

@@ -78,6 +78,32 @@ class DPOConfig(MethodConfig):
 
 
 @dataclass
+class GRPOConfig(MethodConfig):
+    """Group relative policy optimization with verifiable rewards (hydralign/methods/grpo.py, losses in
+    hydralign/losses/grpo.py, verifiers in hydralign/rewards.py). Names follow TRL's GRPOConfig. One
+    rollout batch = prompts_per_step x num_generations samples (episodes) over all devices; it is cut
+    into num_mini_batches mini-batches (one optimizer step each), each into batch.micro samples per device
+    per forward, and passed over num_iterations times."""
+
+    prompts_per_step: int = 16  # distinct prompts per rollout batch, all devices
+    num_generations: int = 4  # samples per prompt (the group its advantages are normalized in)
+    num_mini_batches: int = 1  # optimizer steps per pass over a rollout batch
+    num_iterations: int = 1  # passes over each rollout batch (> 1: old log-probs kept from generation)
+    total_episodes: Optional[int] = None  # budget in episodes (samples); sets the steps (null: trainer.max_steps)
+    max_completion_length: Optional[int] = None  # new tokens per sample (null: eval.max_new_tokens)
+    temperature: float = 1.0  # sampling temperature (log-probs are taken at the same temperature)
+    loss_type: str = "dapo"  # grpo (per-sequence mean) | dapo (token mean of the step) | dr_grpo (constant)
+    scale_rewards: str = "group"  # group | batch | none: the std advantages are divided by
+    epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
+    epsilon_high: Optional[float] = None  # upper clip (DAPO's clip-higher: 0.28); null: epsilon
+    beta: float = 0.0  # KL to the reference (k3); 0: no reference loaded
+    mask_truncated_completions: bool = False  # completions that hit max_completion_length add no loss
+    rewards: dict[str, float] = field(default_factory=lambda: {"exact_answer": 1.0})  # verifier: weight
+    format_pattern: Optional[str] = None  # the format verifier's regex (null: <think>..</think><answer>..</answer>)
+    completion_only: bool = True  # validation loss on the reference answers' tokens only
+
+
+@dataclass
 class OptimizerConfig:
     name: str = "adamw"  # adamw | adamw_fused | sgd | adafactor (hydralign/optimizers.py)
     lr: float = "${lr}"  # type: ignore[assignment]  # the top-level lr, so sweeps override one key

@@ -1,7 +1,8 @@
 """The data module: read -> split -> tokenize once, then serve micro-batches per the plan.
 
-The method's data kind decides what a record becomes: chat messages (``sft``) or a preference pair
-(``preference``); both are read, split and counted the same way.
+The method's data kind decides what a record becomes: chat messages (``sft``), a preference pair
+(``preference``), or a prompt with its answer key (``prompts``: online RL samples its own completions;
+validation still scores the reference answers' loss); all are read, split and counted the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from hydralign.data import readers
 from hydralign.data.arithmetic import make_splits, preference_records
 from hydralign.data.batching import EvalBatches, ResumableSequentialSampler, TrainMicroBatches, WindowSchedule
 from hydralign.data.preference import PairFields, encode_pairs, to_pair
+from hydralign.data.rollouts import RolloutMicroBatches, RolloutSchedule
 from hydralign.data.templates import ChatTemplate
 from hydralign.data.tokenize import GenerationExample, TokenizeStats, encode, generation_examples
 from hydralign.errors import ConfigError, DataError
@@ -120,6 +122,8 @@ class PostTrainingData(L.LightningDataModule):
                             "data.max_seq_len or use data.overlong=truncate")
         ecfg = self.cfg.eval
         convs = {s: self._conversations(records[s]) for s in ("train", "val")}
+        if self.kind == "prompts":  # online RL: train on the prompts, their assistant turn the answer key
+            self.train_examples = generation_examples(self.tokenizer, self.template, convs["train"])
         shots = convs["train"][: ecfg.num_fewshot] if ecfg.prompt_format == "few_shot" else []
         self.generation_examples: list[GenerationExample] = generation_examples(
             self.tokenizer, self.template, convs["val"][: ecfg.num_generate], shots)
@@ -147,6 +151,12 @@ class PostTrainingData(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         plan, trainer = self.plan, self.trainer
+        if self.kind == "prompts":
+            rollouts = RolloutSchedule(len(self.train_examples), plan.rollout, trainer.global_rank, plan.seed)
+            data = RolloutMicroBatches(self.train_examples, rollouts, plan.total_steps)
+            sampler = ResumableSequentialSampler(len(data), lambda: trainer.global_step * plan.grad_accum)
+            return DataLoader(data, batch_size=None, sampler=sampler, num_workers=self.cfg.data.num_workers,
+                              persistent_workers=self.cfg.data.num_workers > 0)
         schedule = WindowSchedule(self.units(), plan.effective_batch,
                                   plan.micro_batch, plan.world_size, trainer.global_rank, plan.seed)
         data = TrainMicroBatches(self.train_examples, schedule, self.tokenizer.pad_token_id, plan.total_steps)

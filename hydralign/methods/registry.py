@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from hydralign.config.schema import DPOConfig, SFTConfig
+from hydralign.config.schema import DPOConfig, GRPOConfig, SFTConfig
 from hydralign.errors import ConfigError
 
 DATA_KINDS = ("sft", "preference", "prompts")
@@ -105,11 +105,61 @@ def _dpo_check(cfg: Any) -> None:
         raise ConfigError(f"method.loss_type={types} uses no reference model; drop method.precompute_ref")
 
 
+GRPO_LOSS_TYPES = ("grpo", "dapo", "dr_grpo")  # hydralign.losses.grpo.LOSS_TYPES (this module stays torch-free)
+GRPO_SCALE_REWARDS = ("group", "batch", "none")
+
+
+def _grpo_frozen(cfg: Any) -> tuple[str, ...]:
+    if float(_get(cfg, "method.beta", 0.0)) == 0.0:
+        return ()
+    if _get(cfg, "peft.name", "none") != "none":
+        return ("reference: the policy with its adapters disabled (no copy), log-probs once per rollout",)
+    return ("reference: frozen copy of the initial policy, log-probs once per rollout",)
+
+
+def _grpo_held(cfg: Any) -> tuple[str, ...]:
+    copied = float(_get(cfg, "method.beta", 0.0)) != 0.0 and _get(cfg, "peft.name", "none") == "none"
+    return ("reference",) if copied else ()
+
+
+def _grpo_check(cfg: Any) -> None:
+    from hydralign.rewards import check_rewards
+
+    loss_type = _get(cfg, "method.loss_type", "dapo")
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ConfigError(f"method.loss_type={loss_type} is unknown; choose from {', '.join(GRPO_LOSS_TYPES)}")
+    scale = _get(cfg, "method.scale_rewards", "group")
+    if scale not in GRPO_SCALE_REWARDS:
+        raise ConfigError(f"method.scale_rewards={scale} is unknown; choose from {', '.join(GRPO_SCALE_REWARDS)}")
+    g = int(_get(cfg, "method.num_generations", 4))
+    if g < 2:
+        raise ConfigError(f"method.num_generations={g} must be >= 2: advantages compare the samples of one prompt")
+    for key in ("prompts_per_step", "num_mini_batches", "num_iterations"):
+        v = int(_get(cfg, f"method.{key}", 1))
+        if v < 1:
+            raise ConfigError(f"method.{key}={v} must be >= 1")
+    eps, high = float(_get(cfg, "method.epsilon", 0.2)), _get(cfg, "method.epsilon_high")
+    if not 0 < eps < 1:
+        raise ConfigError(f"method.epsilon={eps} must be in (0, 1) (TRL: 0.2)")
+    if high is not None and float(high) < eps:
+        raise ConfigError(f"method.epsilon_high={high} is below method.epsilon={eps}; clip-higher raises the upper "
+                          "bound (DAPO: 0.28), or set method.epsilon_high=null")
+    if float(_get(cfg, "method.beta", 0.0)) < 0:
+        raise ConfigError(f"method.beta={_get(cfg, 'method.beta')} must be >= 0 (0: no reference model)")
+    if not float(_get(cfg, "method.temperature", 1.0)) > 0:
+        raise ConfigError(f"method.temperature={_get(cfg, 'method.temperature')} must be > 0")
+    rewards = _get(cfg, "method.rewards", {"exact_answer": 1.0})
+    check_rewards({str(k): v for k, v in dict(rewards).items()})
+
+
 METHODS: dict[str, MethodSpec] = {
     "sft": MethodSpec("sft", SFTConfig, data_kind="sft", unit="tokens", module="hydralign.methods.sft:SFTModule"),
     "dpo": MethodSpec("dpo", DPOConfig, data_kind="preference", unit="pairs",
                       module="hydralign.methods.dpo:DPOModule", sequences_per_example=2,
                       frozen=_dpo_frozen, held=_dpo_held, check=_dpo_check),
+    "grpo": MethodSpec("grpo", GRPOConfig, data_kind="prompts", unit="sequences",
+                       module="hydralign.methods.grpo:GRPOModule", frozen=_grpo_frozen, held=_grpo_held,
+                       check=_grpo_check),
 }
 
 

@@ -1,0 +1,242 @@
+"""GRPO with verifiable rewards on the shared base: the first micro-batch of each rollout batch samples
+this rank's prompts ``num_generations`` times with the policy (Hugging Face ``generate``, KV cache),
+scores them (``hydralign.rewards``), normalizes advantages per prompt group and keeps the rollout; every
+micro-batch then trains on its slice (``hydralign.data.rollouts``). The loss is a sum over the step's
+units (``hydralign.losses.grpo``: sequences, completion tokens, or sequences x max length), divided once
+by the whole mini-batch's count, taken at rollout time over all ranks.
+
+Metrics are returned as sums the base divides by the step's unit count; each is pre-scaled by
+``units / count`` of its own denominator (samples or completion tokens), so what is logged is the
+mean over the mini-batch's samples (rewards, accuracy, lengths) or tokens (kl, clip fraction).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from hydralign.losses.grpo import aggregate, group_advantages, per_token_loss, unit_count
+from hydralign.losses.token_ce import sequence_logps
+from hydralign.methods.base import PostTrainingModule
+from hydralign.models.peft import adapters_disabled, is_peft
+from hydralign.rewards import score
+
+
+@dataclass
+class Rollout:
+    index: int
+    ids: torch.Tensor  # [N, Wp + T] left-padded prompt then completion
+    attention: torch.Tensor  # [N, Wp + T]
+    positions: torch.Tensor  # [N, Wp + T]
+    width: int  # Wp, the prompt part's width
+    completion: torch.Tensor  # [N, T] completion tokens (through the stop token)
+    loss_mask: torch.Tensor  # [N, T] completion tokens that carry loss (truncated rows cleared if asked)
+    advantages: torch.Tensor  # [N]
+    old_logps: Optional[torch.Tensor]  # [N, T] at sampling time (when the policy moves within the rollout)
+    ref_logps: Optional[torch.Tensor]  # [N, T] (beta > 0)
+    sample_metrics: dict[str, torch.Tensor]  # name -> [N] per-sample values (means over samples)
+    mini_units: torch.Tensor  # [minis, 3]: loss units, samples, loss tokens of each mini-batch, all ranks
+
+
+def position_ids(attention: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (left padding), as ``generate`` uses them."""
+    return (attention.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def completion_logps(model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
+                     width: int, temperature: float) -> torch.Tensor:
+    """Log-probs [B, T] of the completion tokens ``ids[:, width:]`` under ``model`` at ``temperature``."""
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+    logits = logits[:, width - 1:-1].float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, width:].unsqueeze(-1)).squeeze(-1)
+
+
+class GRPOModule(PostTrainingModule):
+    def __init__(self, *args: Any, reference: Optional[torch.nn.Module] = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._frozen = {"reference": reference} if reference is not None else {}
+        self._rollout: Optional[Rollout] = None
+        self._step_started: Optional[float] = None
+        self._generation_s = 0.0
+        m, r = self.cfg.method, self.plan.rollout
+        self.weights = {str(k): float(v) for k, v in dict(m.rewards).items()}
+        self.max_reward = sum(w for w in self.weights.values() if w > 0)
+        # Old log-probs are the sampling policy's: needed once the policy moves within a rollout batch.
+        self.keep_old = r.steps_per_rollout > 1
+
+    @classmethod
+    def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:
+        """beta > 0: a frozen copy of the initial policy (under PEFT the adapter-disabled policy instead)."""
+        if float(cfg.method.beta) == 0.0 or is_peft(policy):
+            return {}
+        reference = copy.deepcopy(policy).eval()
+        reference.requires_grad_(False)
+        return {"reference": reference}
+
+    def on_fit_start(self) -> None:
+        dtype = next(self.model.parameters()).dtype
+        for ref in self._frozen.values():
+            if not self._sharded:
+                ref.to(device=self.device, dtype=dtype)
+
+    # --- rollout -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _sample(self, prompts: list[list[int]], rollout_index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(prompt + completion ids [N, Wp + T], attention over the prompt part, Wp) for every prompt
+        repeated num_generations times (adjacent). Seeded from (seed, rollout, rank): a resumed run
+        samples the same rollout batch from the same weights."""
+        m, r = self.cfg.method, self.plan.rollout
+        rows = [p for p in prompts for _ in range(r.generations_per_prompt)]
+        pad, width = self.tokenizer.pad_token_id, max(len(p) for p in prompts)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(rows):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        seed = ((self.plan.seed * 1_000_003 + rollout_index) * 4099 + self.global_rank) % (2 ** 63)
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), do_sample=True,
+                temperature=float(m.temperature), top_k=0, top_p=1.0, max_new_tokens=r.max_completion_length,
+                eos_token_id=self.stop_token_ids, pad_token_id=pad, use_cache=True,
+                synced_gpus=self.plan.strategy in ("fsdp", "deepspeed") and self.plan.world_size > 1)
+        return out, mask.to(self.device), width
+
+    def _make_rollout(self, batch: dict) -> Rollout:
+        m, r, plan = self.cfg.method, self.plan.rollout, self.plan
+        started = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        out, prompt_mask, width = self._sample(batch["prompt_ids"], batch["rollout"])
+        completion = out[:, width:]
+        n, t = completion.shape
+        stops = torch.tensor(self.stop_token_ids, device=completion.device)
+        is_stop = torch.isin(completion, stops)
+        stopped = is_stop.any(dim=1)
+        first = torch.where(stopped, is_stop.int().argmax(dim=1), torch.full_like(stopped, t, dtype=torch.long))
+        cols = torch.arange(t, device=completion.device).unsqueeze(0)
+        completion_mask = (cols <= first.unsqueeze(1)) & (cols < t)  # through the stop token, as TRL
+        completion = torch.where(completion_mask, completion, torch.full_like(completion, self.tokenizer.pad_token_id))
+        ids = torch.cat([out[:, :width], completion], dim=1)
+        attention = torch.cat([prompt_mask, completion_mask.long()], dim=1)
+        positions = position_ids(attention)
+        loss_mask = completion_mask & stopped.unsqueeze(1) if m.mask_truncated_completions else completion_mask
+        generated = time.perf_counter()
+
+        texts = [self.tokenizer.decode(row[:int(k)].tolist(), skip_special_tokens=True)
+                 for row, k in zip(completion, first)]
+        refs = [ref for ref in batch["references"] for _ in range(r.generations_per_prompt)]
+        totals, per, errors = score(texts, refs, self.weights, m.format_pattern)
+        rewards = torch.tensor(totals, dtype=torch.float32, device=self.device)
+        advantages = group_advantages(rewards, r.generations_per_prompt, m.scale_rewards)
+        if m.scale_rewards == "batch" and plan.world_size > 1:  # the std of the whole rollout batch, all ranks
+            everyone = self.all_gather(rewards).reshape(-1)
+            grouped = rewards.view(-1, r.generations_per_prompt)
+            advantages = (grouped - grouped.mean(1, keepdim=True)).reshape(-1) / (everyone.std() + 1e-4)
+            reward_std = everyone.std()
+        else:
+            reward_std = rewards.std() if plan.world_size == 1 else self.all_gather(rewards).reshape(-1).std()
+
+        self.model.train(was_training)
+        old_logps = ref_logps = None
+        micro, temp = r.micro_batch_samples_per_device, float(m.temperature)
+        with torch.no_grad():
+            if self.keep_old:
+                old_logps = torch.cat([completion_logps(self.model, ids[i:i + micro], attention[i:i + micro],
+                                                        positions[i:i + micro], width, temp)
+                                       for i in range(0, n, micro)])
+            if float(m.beta) != 0.0:
+                ref_logps = torch.cat([self._reference_logps(ids[i:i + micro], attention[i:i + micro],
+                                                             positions[i:i + micro], width, temp)
+                                       for i in range(0, n, micro)])
+
+        local = r.mini_batch_samples_per_device
+        mini_units = torch.tensor([[unit_count(loss_mask[j:j + local], r.loss_type, r.max_completion_length),
+                                    float(local), float(loss_mask[j:j + local].sum())]
+                                   for j in range(0, n, local)], dtype=torch.float64, device=self.device)
+        if plan.world_size > 1:
+            mini_units = self.trainer.strategy.reduce(mini_units, reduce_op="sum")
+        lengths = completion_mask.sum(dim=1).float()
+        f = lambda xs: torch.tensor(xs, dtype=torch.float32, device=self.device)  # noqa: E731
+        metrics = {"rewards/mean": rewards, "rewards/std": reward_std.expand(n)}
+        for name in self.weights:
+            metrics[f"rewards/{name}/mean"] = f(per[name])
+            metrics[f"rewards/{name}/errors"] = f([float(errors[name])] * n)  # samples it raised on, this rollout
+        metrics.update({
+            "accuracy": (rewards >= self.max_reward - 1e-9).float() if self.max_reward > 0 else torch.zeros(n, device=self.device),
+            "completion_length": lengths, "truncated_fraction": (~stopped).float(),
+            "episodes": torch.full((n,), float((batch["rollout"] + 1) * r.samples_per_rollout), device=self.device),
+        })
+        self._generation_s = generated - started
+        return Rollout(batch["rollout"], ids, attention, positions, width, completion, loss_mask, advantages,
+                       old_logps, ref_logps, metrics, mini_units)
+
+    @torch.no_grad()
+    def _reference_logps(self, ids, attention, positions, width: int, temperature: float) -> torch.Tensor:
+        if "reference" in self._frozen:
+            return completion_logps(self._frozen["reference"], ids, attention, positions, width, temperature)
+        with adapters_disabled(self.model):
+            return completion_logps(self.model, ids, attention, positions, width, temperature)
+
+    # --- training ------------------------------------------------------------------------------
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self._rollout is None or self._rollout.index != batch["rollout"]:
+            self._rollout = self._make_rollout(batch)
+        units = float(self._rollout.mini_units[batch["mini"], 0])
+        return super().training_step({**batch, "window_units": max(units, 1.0)}, batch_idx)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if batch_idx % self.plan.grad_accum == 0:
+            self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Seconds of the step outside sampling and scoring (forwards, backwards, optimizer), logged
+        beside time/generation_s when Lightning writes the step's logs."""
+        if not batch["window_last"] or self._step_started is None:
+            return
+        spent = time.perf_counter() - self._step_started
+        generation = self._generation_s if batch["first_step"] else 0.0
+        if (self.global_step % self.trainer.log_every_n_steps) == 0:  # global_step counts the step just applied
+            self.log_dict({"time/generation_s": generation, "time/training_s": spent - generation},
+                          on_step=True, on_epoch=False)
+
+    def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        ro, m, r = self._rollout, self.cfg.method, self.plan.rollout
+        s, e = batch["samples"]
+        sl = slice(s, e)  # local samples of the rollout batch (the schedule adds the mini-batch's offset)
+        logps = completion_logps(self.model, ro.ids[sl], ro.attention[sl], ro.positions[sl], ro.width,
+                                 float(m.temperature))
+        old = ro.old_logps[sl] if ro.old_logps is not None else logps.detach()
+        ref = ro.ref_logps[sl] if ro.ref_logps is not None else None
+        token_loss, clipped, kl = per_token_loss(logps, old, ro.advantages[sl], m.epsilon, m.epsilon_high, ref,
+                                                 float(m.beta))
+        mask = ro.loss_mask[sl]
+        loss_sum, _ = aggregate(token_loss, mask, r.loss_type, r.max_completion_length)
+        units, samples, tokens = (float(v) for v in ro.mini_units[batch["mini"]])
+        per_sample, per_token = max(units, 1.0) / samples, max(units, 1.0) / max(tokens, 1.0)
+        fm = mask.float()
+        with torch.no_grad():
+            metrics = {k: v[sl].sum() * per_sample for k, v in ro.sample_metrics.items()}
+            metrics["clip_fraction"] = (clipped.float() * fm).sum() * per_token
+            metrics["kl"] = (kl * fm).sum() * per_token if kl is not None else torch.zeros((), device=fm.device)
+        return loss_sum, torch.tensor(float(e - s)), metrics
+
+    # --- validation: the reference answers' loss, and the base's generation metrics ----------------------
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps, lengths = sequence_logps(logits, batch["labels"])
+        sums = torch.stack([-logps.sum().double(), lengths.sum().double()])
+        self._val_sums = sums if self._val_sums is None else self._val_sums + sums
+
+    def on_validation_epoch_end(self) -> None:
+        names, self._metric_names = self._metric_names, []  # validation has the loss and generation only
+        try:
+            super().on_validation_epoch_end()
+        finally:
+            self._metric_names = names

@@ -1,0 +1,62 @@
+"""The online-RL batch hierarchy in the plan: rollout -> mini-batches -> micro-batches, episodes, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from hydralign.data.rollouts import RolloutSchedule
+from hydralign.errors import ConfigError
+from hydralign.plan import format_plan, make_plan
+from tests.helpers import compose_cfg
+
+
+def test_hierarchy_derived_and_printed():
+    plan = make_plan(compose_cfg(["method=grpo", "method.prompts_per_step=16", "method.num_generations=8",
+                                  "method.num_mini_batches=4", "method.num_iterations=2", "batch.micro=8",
+                                  "trainer.max_steps=40"]))
+    r = plan.rollout
+    assert (r.samples_per_rollout, r.mini_batch_samples, r.micro_batch_samples_per_device,
+            r.grad_accum_per_mini_batch, r.steps_per_rollout, r.total_rollouts) == (128, 32, 8, 4, 8, 5)
+    assert (plan.effective_batch, plan.micro_batch, plan.grad_accum, plan.total_steps) == (32, 8, 4, 40)
+    assert plan.steps_per_epoch == 20000 // 16 * 8
+    text = format_plan(plan)
+    assert "128 = 16 prompts x 8 generations" in text and "8 = 4 mini-batches x 2 iterations" in text
+
+
+def test_total_episodes_sets_the_steps():
+    plan = make_plan(compose_cfg(["method=grpo", "method.prompts_per_step=16", "method.num_generations=8",
+                                  "method.total_episodes=1000"]))
+    assert plan.rollout.total_rollouts == 7 and plan.total_steps == 7  # 1000 // 128 whole rollout batches
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["method.num_mini_batches=3"], r"128 samples .*not divisible by method.num_mini_batches=3"),
+    (["batch.micro=6"], r"local mini-batch of 128 .* not divisible by batch.micro=6"),
+    (["trainer.max_steps=5", "method.num_iterations=2"], r"trainer.max_steps=5 is not a multiple of the 2"),
+    (["method.total_episodes=100"], r"total_episodes=100 is less than one rollout batch of 128"),
+    (["method.num_generations=1"], r"num_generations=1 must be >= 2"),
+    (["method.loss_type=ppo"], r"loss_type=ppo is unknown"),
+    (["method.epsilon_high=0.1"], r"epsilon_high=0.1 is below method.epsilon=0.2"),
+    (["+method.rewards.nope=1.0"], r"unknown verifiers \['nope'\]"),
+])
+def test_refusals_name_both_numbers(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        make_plan(compose_cfg(["method=grpo", "method.prompts_per_step=16", "method.num_generations=8"] + overrides))
+
+
+def test_prompts_must_split_over_devices():
+    with pytest.raises(ConfigError, match=r"prompts_per_step=12 is not divisible by world_size 8"):
+        make_plan(compose_cfg(["method=grpo", "hardware=8xA100", "method.prompts_per_step=12"]))
+
+
+def test_schedule_reshuffles_each_epoch_and_slices_micro_batches():
+    plan = make_plan(compose_cfg(["method=grpo", "method.prompts_per_step=4", "method.num_generations=2",
+                                  "method.num_mini_batches=2", "batch.micro=2", "trainer.max_steps=8"]),
+                     num_train_examples=8)
+    s = RolloutSchedule(8, plan.rollout, rank=0, seed=3)
+    epoch0 = s.prompts(0) + s.prompts(1)
+    assert sorted(epoch0) == list(range(8)) and s.prompts(2) + s.prompts(3) != epoch0
+    items = [s.micro_batch(i) for i in range(4)]  # rollout 0: 2 mini-batches x 2 micro-batches of 2 samples
+    assert [(x["rollout"], x["mini"], x["samples"], x["window_last"]) for x in items] == [
+        (0, 0, (0, 2), False), (0, 0, (2, 4), True), (0, 1, (4, 6), False), (0, 1, (6, 8), True)]
+    assert s.micro_batch(4)["rollout"] == 1 and s.micro_batch(4)["first_step"]
