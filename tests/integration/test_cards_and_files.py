@@ -14,10 +14,12 @@ from tests.integration.test_dpo_cards import EXPECTED as DPO_CARDS
 from tests.integration.test_dpo_cards import SFT_CARDS as QLORA_SFT_CARDS
 
 # The DPO and QLoRA cards train at tiny scale in test_dpo_cards.py (QLoRA as LoRA on this CPU), the
-# distillation cards (a teacher run first) in test_early_vs_final.py.
+# distillation cards (a teacher run first) in test_early_vs_final.py, the RL cards (an episode budget, not
+# trainer.max_steps) in test_grpo.py.
 DISTILL_CARDS = {p.stem for p in (CONF / "experiment").glob("*.yaml") if "teacher_from: ???" in p.read_text()}
+RL_CARDS = {p.stem for p in (CONF / "experiment").glob("*.yaml") if "override /method: grpo" in p.read_text()}
 CARDS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")
-               if p.stem not in DPO_CARDS and p.stem not in QLORA_SFT_CARDS and p.stem not in DISTILL_CARDS)
+               if p.stem not in DPO_CARDS | QLORA_SFT_CARDS.keys() | DISTILL_CARDS | RL_CARDS)
 SHRINK = ["model=tiny", "model.tokenizer=char", "model.chat_template=chatml", "hardware=cpu", "data=arithmetic",
           "data.max_seq_len=64", "batch.effective=8", "batch.grad_accum=null", "batch.micro=4",
           "trainer.max_epochs=null", "trainer.max_steps=4", "eval.every_n_steps=2", "eval.max_new_tokens=6",

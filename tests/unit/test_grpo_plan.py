@@ -60,3 +60,18 @@ def test_schedule_reshuffles_each_epoch_and_slices_micro_batches():
     assert [(x["rollout"], x["mini"], x["samples"], x["window_last"]) for x in items] == [
         (0, 0, (0, 2), False), (0, 0, (2, 4), True), (0, 1, (4, 6), False), (0, 1, (6, 8), True)]
     assert s.micro_batch(4)["rollout"] == 1 and s.micro_batch(4)["first_step"]
+
+
+def test_tulu3_rlvr_card_hierarchy():
+    """REPRODUCTIONS.md section 2: 7 learners x local mini-batch 32 = 224 per step, 10,000,000 episodes."""
+    plan = make_plan(compose_cfg(["experiment=tulu3_8b_rlvr"]))
+    r = plan.rollout
+    assert (plan.world_size, r.mini_batch_samples_per_device, r.mini_batch_samples, r.samples_per_rollout) == \
+        (7, 32, 224, 224)
+    assert (plan.micro_batch, plan.grad_accum, r.steps_per_rollout) == (2, 16, 1)
+    assert (r.total_episodes, plan.total_steps) == (10_000_000, 10_000_000 // 224)
+    assert (plan.lr, plan.schedule, plan.seed, r.max_completion_length) == (3e-7, "linear", 3, 2048)
+    assert any("reference" in f for f in plan.frozen_models)  # beta 0.05
+    text = format_plan(plan)
+    assert "224 = rollout 224 / 1 mini-batches = 7 devices x local 32" in text
+    assert "10000000 budget -> 44642 rollout batches x 224" in text
