@@ -104,6 +104,26 @@ class GRPOConfig(MethodConfig):
 
 
 @dataclass
+class DistillConfig(MethodConfig):
+    """Knowledge distillation from a frozen teacher into the policy, the student (hydralign/methods/distill.py,
+    losses in hydralign/losses/distill.py)."""
+
+    # The teacher: a checkpoint reference (hydralign.lineage): <run dir>[:best|:last|:step=N|:epoch=N],
+    # runs:/<mlflow run id>[:selector] or a Hugging Face directory. Its tokenizer must be the student's.
+    teacher_from: Optional[str] = None
+    # forward_kl | reverse_kl | jsd (token-level, teacher forward each step) | seqkd (SFT on the teacher's
+    # greedy answers, generated once and cached) | minillm (on-policy reverse KL by policy gradient)
+    loss: str = "forward_kl"
+    temperature: float = 1.0  # forward_kl / reverse_kl / jsd: softmax temperature; the loss is scaled by T^2
+    jsd_beta: float = 0.5  # jsd: 0 = forward KL, 1 = reverse KL (TRL's GKD convention)
+    sft_weight: float = 0.0  # adds this x the student's NLL on the data (MiniLLM's pretraining-loss term)
+    teacher_mix: float = 0.0  # minillm: share of the teacher in the sampling distribution (MiniLLM: 0.2)
+    max_new_tokens: Optional[int] = None  # seqkd / minillm answers (null: eval.max_new_tokens)
+    cache_dir: Optional[str] = None  # seqkd answers (null: <cwd>/outputs/cache/teacher_generations)
+    completion_only: bool = True  # losses on completion tokens only (seqkd / minillm need the prompts)
+
+
+@dataclass
 class OptimizerConfig:
     name: str = "adamw"  # adamw | adamw_fused | sgd | adafactor (hydralign/optimizers.py)
     lr: float = "${lr}"  # type: ignore[assignment]  # the top-level lr, so sweeps override one key

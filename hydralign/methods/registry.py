@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from hydralign.config.schema import DPOConfig, GRPOConfig, SFTConfig
+from hydralign.config.schema import DistillConfig, DPOConfig, GRPOConfig, SFTConfig
 from hydralign.errors import ConfigError
 
 DATA_KINDS = ("sft", "preference", "prompts")
@@ -152,6 +152,58 @@ def _grpo_check(cfg: Any) -> None:
     check_rewards({str(k): v for k, v in dict(rewards).items()})
 
 
+DISTILL_LOSSES = ("forward_kl", "reverse_kl", "jsd", "seqkd", "minillm")
+DISTILL_GENERATING = ("seqkd", "minillm")  # losses on generated answers to the data's prompts
+
+
+def _distill_frozen(cfg: Any) -> tuple[str, ...]:
+    ref, loss = _get(cfg, "method.teacher_from"), _get(cfg, "method.loss", "forward_kl")
+    if loss == "seqkd":
+        return (f"teacher {ref}: greedy answers to every train and val prompt, generated once and cached on disk "
+                "(no teacher in memory while training)",)
+    if loss == "minillm":
+        return (f"teacher {ref}: frozen, scores the student's samples (teacher_mix "
+                f"{_get(cfg, 'method.teacher_mix', 0.0)})",)
+    return (f"teacher {ref}: frozen, one forward per micro-batch",)
+
+
+def _distill_held(cfg: Any) -> tuple[str, ...]:
+    return () if _get(cfg, "method.loss", "forward_kl") == "seqkd" else ("teacher",)
+
+
+def _distill_check(cfg: Any) -> None:
+    loss = _get(cfg, "method.loss", "forward_kl")
+    if loss not in DISTILL_LOSSES:
+        raise ConfigError(f"method.loss={loss} is unknown; choose from {', '.join(DISTILL_LOSSES)}")
+    if not _get(cfg, "method.teacher_from"):
+        raise ConfigError("method=distill needs method.teacher_from=<teacher>: a run folder (with :best, :last or "
+                          ":step=N), runs:/<mlflow run id> or a Hugging Face directory")
+    temperature = float(_get(cfg, "method.temperature", 1.0))
+    if not temperature > 0:
+        raise ConfigError(f"method.temperature={temperature} must be > 0 (1 = the models' own distributions)")
+    if loss in DISTILL_GENERATING and temperature != 1.0:
+        raise ConfigError(f"method.temperature={temperature} applies to forward_kl, reverse_kl and jsd; method.loss="
+                          f"{loss} learns from answers at temperature 1: set method.temperature=1.0")
+    beta = float(_get(cfg, "method.jsd_beta", 0.5))
+    if not 0.0 <= beta <= 1.0:
+        raise ConfigError(f"method.jsd_beta={beta} must be in [0, 1] (0 = forward KL, 1 = reverse KL)")
+    weight = float(_get(cfg, "method.sft_weight", 0.0))
+    if weight < 0:
+        raise ConfigError(f"method.sft_weight={weight} must be >= 0")
+    mix = float(_get(cfg, "method.teacher_mix", 0.0))
+    if not 0.0 <= mix < 1.0:
+        raise ConfigError(f"method.teacher_mix={mix} must be in [0, 1) (MiniLLM uses 0.2)")
+    if mix > 0 and loss != "minillm":
+        raise ConfigError(f"method.teacher_mix={mix} is MiniLLM's teacher-mixed sampling; with method.loss={loss} "
+                          "set method.teacher_mix=0.0, or method.loss=minillm")
+    new_tokens = _get(cfg, "method.max_new_tokens")
+    if new_tokens is not None and int(new_tokens) < 1:
+        raise ConfigError(f"method.max_new_tokens={new_tokens} must be >= 1, or null for eval.max_new_tokens")
+    if loss in DISTILL_GENERATING and not _get(cfg, "method.completion_only", True):
+        raise ConfigError(f"method.loss={loss} answers the data's prompts, which method.completion_only=false "
+                          "erases (every token is a target): set method.completion_only=true")
+
+
 METHODS: dict[str, MethodSpec] = {
     "sft": MethodSpec("sft", SFTConfig, data_kind="sft", unit="tokens", module="hydralign.methods.sft:SFTModule"),
     "dpo": MethodSpec("dpo", DPOConfig, data_kind="preference", unit="pairs",
@@ -160,6 +212,9 @@ METHODS: dict[str, MethodSpec] = {
     "grpo": MethodSpec("grpo", GRPOConfig, data_kind="prompts", unit="sequences",
                        module="hydralign.methods.grpo:GRPOModule", frozen=_grpo_frozen, held=_grpo_held,
                        check=_grpo_check),
+    "distill": MethodSpec("distill", DistillConfig, data_kind="sft", unit="tokens",
+                          module="hydralign.methods.distill:DistillModule", frozen=_distill_frozen,
+                          held=_distill_held, check=_distill_check),
 }
 
 
