@@ -131,6 +131,8 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     else:
         template = template_for(cfg.model.chat_template)
         tokenizer = build_tokenizer(cfg.model, template)
+    module_cls = spec.module_class()
+    module_cls.check_before_models(cfg, tokenizer)  # e.g. a teacher with another tokenizer: refused before loading
     data = PostTrainingData(cfg, tokenizer, template, kind=spec.data_kind, unit=spec.unit)
     data.load()
     plan = make_plan(cfg, num_train_examples=len(data.train_examples))
@@ -153,7 +155,6 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     else:
         model = apply_peft(_initial_model(cfg, tokenizer), cfg.peft)
     stop_ids = tokenizer.convert_tokens_to_ids(template.stop_tokens(tokenizer.eos_token))
-    module_cls = spec.module_class()
     frozen = module_cls.frozen_models(cfg, model)
     reference_report = None
     if getattr(cfg.method, "precompute_ref", False):
@@ -241,7 +242,7 @@ def _initial_model(cfg: DictConfig, tokenizer: Any):
     model = build_model(cfg.model, tokenizer, cfg.seed, cfg.peft)
     if cfg.init_from:
         load_weights(model, cfg.init_from)
-    elif cfg.model.source == "config" and cfg.method.name != "sft":
+    elif cfg.model.source == "config" and cfg.method.name in ("dpo", "grpo"):
         print(f"hydralign: note: method={cfg.method.name} starts from a random-init model (no init_from); "
               "it normally starts from an SFT run: init_from=<run dir>", flush=True)
     return model

@@ -42,6 +42,11 @@ class PostTrainingModule(L.LightningModule):
         self._loss_multiplier = loss_multiplier(plan)  # undoes Lightning's and the strategy's divisions
 
     @classmethod
+    def check_before_models(cls, cfg: Any, tokenizer: Any) -> None:
+        """Checks that need the tokenizer but no model (distillation: the teacher's tokenizer is the
+        student's). ``hydralign.train`` runs them before any data or model loads. None by default."""
+
+    @classmethod
     def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:
         """Frozen models this method needs (keyword arguments of its constructor), built from the
         initial policy; kept out of the checkpoint and the optimizer. None by default."""

@@ -167,6 +167,11 @@ class DistillModule(PostTrainingModule):
         self.generations: Optional[dict[str, list[Example]]] = None  # seqkd: the teacher's answers per split
 
     @classmethod
+    def check_before_models(cls, cfg: Any, tokenizer: Any) -> None:
+        """The teacher's tokenizer against the student's, before any data or model loads."""
+        check_shared_tokenizer(tokenizer, teacher_dir_of(cfg), str(cfg.method.teacher_from))
+
+    @classmethod
     def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:
         """The teacher, after its tokenizer is checked against the student's (before its weights load).
         seqkd keeps only the teacher's directory: its answers come from the cache, generated on a miss."""

@@ -80,7 +80,7 @@ def test_grid_with_a_bad_cell_launches_nothing(tmp_path):
 def test_unknown_card_or_option_stops_with_the_list(tmp_path):
     out = hydralign("experiment=nonexistent_card", "dry_run=true", cwd=tmp_path)
     assert out.returncode == 2
-    assert "hydralign: experiment=nonexistent_card: no such card; choose one of: deepseek_llm_67b_sft" in out.stderr
+    assert "hydralign: experiment=nonexistent_card: no such card; choose one of: arithmetic_teacher_sft, deepseek_llm_67b_sft" in out.stderr
     out = hydralign("-m", "hardware=cpu,1xa100", "dry_run=true", cwd=tmp_path)
     assert out.returncode == 2 and "hardware=1xa100: no such hardware option; choose one of: 1xA100" in out.stderr
     out = hydralign("+sweeps=lr_serch", "-m", cwd=tmp_path)
