@@ -166,7 +166,9 @@ class HardwareConfig:
     # per layer and micro-batch instead of two; ZeRO-2-like memory).
     fsdp_reshard_after_forward: bool = True
     # true: skip the gradient reduce-scatter on all but the last micro-batch of a step, as DDP skips its
-    # all-reduce; every rank then keeps whole (unsharded) gradients between micro-batches.
+    # all-reduce; every rank then keeps whole (unsharded) gradients between micro-batches. With
+    # fsdp_reshard_after_forward=false the weights also stay gathered over the step's micro-batches (one
+    # all-gather and one reduce-scatter per step, DDP's all-reduce in two halves).
     fsdp_accumulate_unsharded: bool = False
     process_backend: Optional[str] = None  # nccl | gloo (null = accelerator default)
     # A collective that waits longer than this fails the job (the process group's timeout; null = Lightning's

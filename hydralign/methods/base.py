@@ -101,7 +101,10 @@ class PostTrainingModule(L.LightningModule):
     # --- training ----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self._sharded and self.cfg.hardware.fsdp_accumulate_unsharded:  # reduce-scatter once per step
-            self.model.set_requires_gradient_sync(bool(batch["window_last"]))
+            last = bool(batch["window_last"])
+            self.model.set_requires_gradient_sync(last)
+            if not self.cfg.hardware.fsdp_reshard_after_forward:  # and all-gather once: weights stay gathered
+                self.model.set_reshard_after_backward(last)      # over the step's micro-batches
         loss_sum, _, metric_sums = self.batch_loss(batch)
         units = batch["window_units"]
         share = loss_sum / units  # this micro-batch's part of the window mean
