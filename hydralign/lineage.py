@@ -4,8 +4,8 @@ reference (the initial policy) and ``resume``.
 A reference is ``<source>[:<selector>]``:
 
 - source: a hydralign run folder, an MLflow run (``runs:/<run id>``, found through its ``run_dir`` tag), a
-  Hugging Face model directory (``*.safetensors``) or a Lightning checkpoint (``.ckpt`` file or sharded
-  folder);
+  Hugging Face model directory (``*.safetensors``) or hub id (``org/name``, fetched into the local cache), or a
+  Lightning checkpoint (``.ckpt`` file or sharded folder);
 - selector (run folders and MLflow runs only): ``:best`` (by the run's ``checkpoint.monitor`` and mode),
   ``:best=<metric>,<min|max>``, ``:last``, ``:step=N``, ``:epoch=N``. Without one, a run gives its exported
   ``hf_model/`` (its final weights), else its newest checkpoint.
@@ -32,6 +32,7 @@ from hydralign.errors import ConfigError
 
 # The config keys that hold references, and the MLflow tag prefix of each one's lineage.
 REFERENCES = {"init_from": "lineage", "method.teacher_from": "lineage.teacher"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # org/name, as on the Hugging Face hub
 SELECTOR = re.compile(r"^(best(=[^,]+,(min|max))?|last|step=\d+|epoch=\d+(\.\d+)?)$")
 
 
@@ -79,6 +80,11 @@ def _resolve(ref: str, tracking_uri: Optional[str], what: str) -> Resolved:
         path = _mlflow_run_dir(run_id, tracking_uri, f"{what}={ref}")
     else:
         path = Path(source).expanduser().resolve()
+    if not path.exists() and run_id is None and HUB_ID.match(source):
+        if selector:
+            raise ConfigError(f"{what}={ref}: :{selector} picks among a hydralign run's checkpoints; {source} is a "
+                              "Hugging Face hub id (its published weights only)")
+        return Resolved(ref, _from_hub(source, what), "hf", lineage={"selector": "hub", "path": source})
     if not path.exists():
         raise ConfigError(f"{what}={ref}: {path} does not exist (cwd: {Path.cwd()})")
     if path.is_file() or (path.suffix == ".ckpt" and path.is_dir()):
@@ -108,6 +114,19 @@ def _resolve(ref: str, tracking_uri: Optional[str], what: str) -> Resolved:
     if metric is not None:
         lineage.update(metric=metric, metric_value=repr(row["metrics"][metric]))
     return Resolved(ref, row["path"], "ckpt", path, {k: v for k, v in lineage.items() if v is not None})
+
+
+def _from_hub(repo_id: str, what: str) -> Path:
+    """A hub model's weights, config and tokenizer in the local Hugging Face cache (downloaded once)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt",
+                                                               "tokenizer*"]))
+    except Exception as err:  # offline, unknown id, gated: say which, and what else is accepted
+        raise ConfigError(f"{what}={repo_id}: not a local path, and fetching it from the Hugging Face hub failed "
+                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); give a local "
+                          "model directory, a hydralign run folder or runs:/<id>") from None
 
 
 def _run_id_of(run_dir: Path) -> Optional[str]:

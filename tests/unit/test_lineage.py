@@ -114,3 +114,25 @@ def test_an_mlflow_run_id_finds_its_run_folder(tmp_path):
     assert found.path == run / "checkpoints" / "step000400.ckpt" and found.lineage["source_run_id"] == run_id
     with pytest.raises(ConfigError, match="no MLflow run deadbeef"):
         lineage.resolve_reference("runs:/deadbeef:best", uri)
+
+
+def test_a_hub_id_is_fetched_into_the_local_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    cached = tmp_path / "hub" / "gpt2"
+    cached.mkdir(parents=True)
+    asked = []
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, **kw: asked.append(repo) or str(cached))
+    found = lineage.resolve_reference("openai-community/gpt2", what="method.teacher_from")
+    assert found.kind == "hf" and found.path == cached and asked == ["openai-community/gpt2"]
+    assert found.lineage == {"selector": "hub", "path": "openai-community/gpt2"}
+    with pytest.raises(ConfigError, match="hub id"):
+        lineage.resolve_reference("openai-community/gpt2:best")
+
+    def offline(repo, **kw):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    lineage._MEMO.clear()
+    with pytest.raises(ConfigError, match=r"init_from=org/missing: not a local path, and fetching it .*\(OSError"):
+        lineage.resolve_reference("org/missing")
