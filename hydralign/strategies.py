@@ -88,11 +88,15 @@ def check_strategy(cfg: Any, held_frozen: tuple[str, ...] = ()) -> None:
                               "has; set hardware.zero_stage=3 or hardware.zero_offload_params=false "
                               "(hardware.zero_offload_optimizer works with every stage)")
         if stage == 3 and held_frozen:
+            if "teacher" in held_frozen:  # distillation
+                instead = ("method.loss=seqkd (the teacher's answers generated once and cached; no teacher held "
+                           "while training)")
+            else:
+                instead = ("method.precompute_ref=true (log-probs computed once), or peft=lora (the reference is "
+                           "the policy with adapters off)")
             raise ConfigError(f"hardware.zero_stage=3 partitions the policy but not the {', '.join(held_frozen)} "
-                              "copy this method keeps (it would sit whole on every GPU): set "
-                              "method.precompute_ref=true (log-probs computed once), or peft=lora (the reference "
-                              "is the policy with adapters off), or hardware.strategy=fsdp (shards it too), or "
-                              "hardware.zero_stage=2")
+                              f"this method keeps (it would sit whole on every GPU): set {instead}, or "
+                              "hardware.strategy=fsdp (shards it too), or hardware.zero_stage=2")
 
 
 # --- DeepSpeed (pure) ------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ DS = ["hardware=8xA100", "hardware.strategy=deepspeed"]
         (["hardware=8xA100", "hardware.precision=16-mixed"],
          r"fsdp \(FSDP2\) has no fp16 loss scaling: set hardware.precision=bf16-mixed"),
         (["method=dpo"] + DS + ["hardware.zero_stage=3"],
-         r"partitions the policy but not the reference copy .* method.precompute_ref=true"),
+         r"partitions the policy but not the reference this method keeps .* method.precompute_ref=true"),
+        (["method=distill", "method.teacher_from=/runs/teacher:best"] + DS + ["hardware.zero_stage=3"],
+         r"partitions the policy but not the teacher this method keeps .*: set method.loss=seqkd"),
     ],
 )
 def test_refusals_name_the_fix(overrides, pattern):
