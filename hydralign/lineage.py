@@ -63,9 +63,16 @@ def split_reference(ref: str) -> tuple[str, Optional[str]]:
 _MEMO: dict[tuple[str, str], Resolved] = {}
 
 
+def forget() -> None:
+    """Start afresh: ``hydralign.train.run`` calls it first, so a process that runs several jobs (a reused
+    launcher worker, a notebook) sees each run's newest checkpoints, and one run sees one answer throughout."""
+    _MEMO.clear()
+
+
 def resolve_reference(ref: str, tracking_uri: Optional[str] = None, what: str = "init_from") -> Resolved:
-    """The weights a reference names, with their lineage. Remembered per process, so every later look-up of
-    the same reference (the model loader, the reference cache's key) sees the same checkpoint."""
+    """The weights a reference names, with their lineage. Remembered until ``forget()``, so every later
+    look-up of the same reference within a run (the model loader, the reference cache's key) sees the same
+    checkpoint."""
     key = (ref, tracking_uri or "")
     if key not in _MEMO:
         _MEMO[key] = _resolve(ref, tracking_uri, what)

@@ -73,7 +73,10 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     ``callbacks`` are added to the Trainer's (tests, benchmarks); ``started`` is when the job began
     (default: now), the origin of ``time/startup_seconds`` (job start to first training step)."""
     started = started or time.time()
+    from hydralign.lineage import forget as forget_references
     from hydralign.resume import check_resumable, resolve_resume
+
+    forget_references()  # references resolve afresh for each run (a :last may have moved since)
     from hydralign.tracking import config_params, finish, log_lineage, log_params, make_logger
 
     run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
