@@ -147,8 +147,12 @@ def rederive_loop_progress(checkpoint: dict, grad_accum: int, total_steps: int) 
     batches = steps * grad_accum
     progress = fit["epoch_loop.batch_progress"]
     for part in ("total", "current"):
+        # Lightning tells where the checkpoint was written from processed - completed (1: at a batch's end,
+        # before its completion was counted; 0: after it) and restores its logging step from that: keep it.
+        lag = progress[part]["processed"] - progress[part]["completed"]
         for counter in progress[part]:
             progress[part][counter] = batches
+        progress[part]["completed"] = batches - lag
     progress["is_last_batch"] = False
     epoch = fit.get("epoch_progress", {})
     for part in ("total", "current"):

@@ -62,6 +62,19 @@ def test_sharded_checkpoints_need_a_strategy_that_reads_them(tmp_path):
         check_resumable(zero, cfg, "fsdp")
 
 
+def test_loop_counters_keep_where_the_checkpoint_was_written():
+    """Written at a batch's end (completed one behind): Lightning restores its logging step from that."""
+    progress = {k: {"ready": 8, "completed": 7, "started": 8, "processed": 8} for k in ("total", "current")}
+    epoch = {k: {"ready": 1, "started": 1, "processed": 0, "completed": 0} for k in ("total", "current")}
+    ckpt = {"global_step": 4, "loops": {"fit_loop": {"epoch_loop.batch_progress": {**progress, "is_last_batch": False},
+                                                     "epoch_progress": epoch}}}
+    rederive_loop_progress(ckpt, grad_accum=2, total_steps=10)  # the same accumulation: unchanged
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"] == progress["total"]
+    rederive_loop_progress(ckpt, grad_accum=4, total_steps=10)
+    assert ckpt["loops"]["fit_loop"]["epoch_loop.batch_progress"]["total"] == {"ready": 16, "completed": 15,
+                                                                                 "started": 16, "processed": 16}
+
+
 def test_loop_counters_follow_the_new_accumulation():
     progress = {k: {"ready": 8, "completed": 8, "started": 8, "processed": 8} for k in ("total", "current")}
     epoch = {k: {"ready": 1, "started": 1, "processed": 1, "completed": 1} for k in ("total", "current")}
