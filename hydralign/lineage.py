@@ -54,13 +54,15 @@ def is_run_dir(path: Path) -> bool:
 
 def split_reference(ref: str) -> tuple[str, Optional[str]]:
     """("runs:/abc", "best") from "runs:/abc:best"; a colon that does not start a selector stays in the path."""
+    if not ref.startswith("runs:/") and Path(ref).expanduser().exists():  # a real path, colons and all
+        return ref, None
     head, sep, tail = ref.rpartition(":")
     if sep and head and SELECTOR.match(tail) and head != "runs":
         return head, tail
     return ref, None
 
 
-_MEMO: dict[tuple[str, str], Resolved] = {}
+_MEMO: dict[str, Resolved] = {}
 
 
 def forget() -> None:
@@ -73,10 +75,9 @@ def resolve_reference(ref: str, tracking_uri: Optional[str] = None, what: str = 
     """The weights a reference names, with their lineage. Remembered until ``forget()``, so every later
     look-up of the same reference within a run (the model loader, the reference cache's key) sees the same
     checkpoint."""
-    key = (ref, tracking_uri or "")
-    if key not in _MEMO:
-        _MEMO[key] = _resolve(ref, tracking_uri, what)
-    return _MEMO[key]
+    if ref not in _MEMO:  # by reference alone: a later look-up without the store gets the same answer
+        _MEMO[ref] = _resolve(ref, tracking_uri, what)
+    return _MEMO[ref]
 
 
 def _resolve(ref: str, tracking_uri: Optional[str], what: str) -> Resolved:
@@ -186,6 +187,17 @@ def _listing(rows: list[dict], metric: Optional[str]) -> str:
 
 def _select(run_dir: Path, selector: str, what: str) -> tuple[dict, Optional[str]]:
     rows = checkpoint_index.entries(run_dir / "checkpoints")
+    if selector == "last":  # what is on disk decides: an index one write behind, or none (an older run)
+        from hydralign.resume import checkpoint_step, latest_checkpoint
+
+        newest = latest_checkpoint(run_dir / "checkpoints")
+        if newest is not None and not any(r["path"] == newest for r in rows):
+            step = checkpoint_step(newest)
+            if step is None:  # last.ckpt of an older run: its step is in the file
+                import torch
+
+                step = int(torch.load(newest, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+            return {"name": newest.name, "path": newest, "step": step, "epoch": None, "metrics": {}}, None
     if not rows:
         raise ConfigError(f"{what}: {run_dir / 'checkpoints' / checkpoint_index.INDEX} records no checkpoint "
                           "that still exists (a run of an older version, or nothing saved yet)")
@@ -232,9 +244,15 @@ def resolve_model_dir(source: str, tracking_uri: Optional[str] = None, what: str
                           "(architecture and tokenizer); give the run folder with a selector instead")
     out = run_dir / "exports" / resolved.path.name.removesuffix(".ckpt")
     if not (out / "config.json").is_file():
+        import fcntl
+
         from hydralign.model_export import export_checkpoint
 
-        export_checkpoint(resolved.path, run_dir / "config.yaml", out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out.parent / (out.name + ".lock"), "w") as lock:  # parallel jobs and ranks export it once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not (out / "config.json").is_file():
+                export_checkpoint(resolved.path, run_dir / "config.yaml", out)
     return out
 
 

@@ -49,11 +49,14 @@ def export_checkpoint(ckpt: Path, run_config: Path, out: Path) -> Path:
                           f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
     if is_peft(model):
         model = merged_copy(model)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp.{os.getpid()}")  # this process's own: never another's half-write
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(out, ignore_errors=True)
+    if (out / "config.json").is_file():  # written meanwhile by another process: keep that one
+        shutil.rmtree(tmp, ignore_errors=True)
+        return out
+    shutil.rmtree(out, ignore_errors=True)  # an incomplete folder (no config.json) left by a crash
     os.replace(tmp, out)
     return out

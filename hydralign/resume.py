@@ -66,7 +66,8 @@ def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     return None
 
 
-def resolve_resume(resume: Optional[str], run_dir: Path) -> tuple[Path, Optional[Path]]:
+def resolve_resume(resume: Optional[str], run_dir: Path,
+                   tracking_uri: Optional[str] = None) -> tuple[Path, Optional[Path]]:
     """``resume``: "auto" (this run_dir's newest complete checkpoint, if any: a fresh start otherwise),
     a run directory (continue it in place), a checkpoint (a ``.ckpt`` file or sharded folder), or a
     reference with a selector (``<run>:step=N``, ``runs:/<id>:last``; ``hydralign.lineage``).
@@ -78,7 +79,9 @@ def resolve_resume(resume: Optional[str], run_dir: Path) -> tuple[Path, Optional
     from hydralign.lineage import resolve_reference, split_reference
 
     if split_reference(resume)[1] is not None or resume.startswith("runs:/"):  # <run>:step=N, runs:/<id>, ...
-        found = resolve_reference(resume, what="resume")
+        if split_reference(resume)[1] is None:  # runs:/<id> alone: that run continues where it stopped
+            resume += ":last"
+        found = resolve_reference(resume, tracking_uri, what="resume")
         if found.kind != "ckpt" or found.run_dir is None:
             raise ConfigError(f"resume={resume} names exported weights, not a training checkpoint of a run: "
                               "use a selector (:last, :step=N, :best) or init_from to start a new run from them")

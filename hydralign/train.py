@@ -79,7 +79,8 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     forget_references()  # references resolve afresh for each run (a :last may have moved since)
     from hydralign.tracking import config_params, finish, log_lineage, log_params, make_logger
 
-    run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
+    run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir(),
+                                        cfg.logger.tracking_uri)
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / "mlflow_run_id"

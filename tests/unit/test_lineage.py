@@ -136,3 +136,23 @@ def test_a_hub_id_is_fetched_into_the_local_cache(tmp_path, monkeypatch):
     lineage._MEMO.clear()
     with pytest.raises(ConfigError, match=r"init_from=org/missing: not a local path, and fetching it .*\(OSError"):
         lineage.resolve_reference("org/missing")
+
+
+def test_last_falls_back_to_what_is_on_disk(tmp_path):
+    """An older run without an index (only last.ckpt), and a run killed between writing a checkpoint and
+    recording it: :last is the newest complete checkpoint on disk. A real path with a colon stays a path."""
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "plan.json").write_text("{}")
+    torch.save({"global_step": 7}, old / "checkpoints" / "last.ckpt")
+    found = lineage.resolve_reference(f"{old}:last")
+    assert found.path == (old / "checkpoints" / "last.ckpt").resolve() and found.lineage["step"] == "7"
+    run = _run(tmp_path)
+    torch.save({"global_step": 800}, run / "checkpoints" / "step000800.ckpt")  # not in the index yet
+    lineage.forget()
+    assert lineage.resolve_reference(f"{run}:last").lineage["step"] == "800"
+    odd = tmp_path / "exp:last"
+    odd.mkdir()
+    (odd / "model.safetensors").write_bytes(b"")
+    assert lineage.split_reference(str(odd)) == (str(odd), None)
+    assert lineage.resolve_reference(str(odd)).kind == "hf"
