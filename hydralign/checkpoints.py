@@ -51,7 +51,7 @@ def checkpoint_callbacks(ccfg: Any, ckpt_dir: Path, eval_every: int,
     minutes = ccfg.every_n_minutes
     if ccfg.save_last or ccfg.every_n_steps or minutes:
         callbacks.append(RollingCheckpoints(ckpt_dir, ccfg.every_n_steps or (eval_every if ccfg.save_last else None),
-                                            minutes, ccfg.keep_last_k, steps_per_epoch))
+                                            minutes, ccfg.keep_last_k, steps_per_epoch, eval_every))
     return best, callbacks
 
 
@@ -76,8 +76,7 @@ class BestCheckpoints(ModelCheckpoint):
         trainer.save_checkpoint(tmp, self.save_weights_only)
         trainer.strategy.barrier("best checkpoint written")
         if trainer.is_global_zero:
-            _remove(final)
-            os.replace(tmp, final)
+            _move_into_place(tmp, final)
         trainer.strategy.barrier("best checkpoint done")
         self._last_global_step_saved = trainer.global_step
         self._last_checkpoint_saved = filepath
@@ -109,18 +108,21 @@ class RollingCheckpoints(Checkpoint):
     measured step time and sent with the decision), so the broadcast costs nothing per step. Each is written
     under ``<name>.tmp`` and renamed once every rank is done, so a name without ``.tmp`` is complete; then
     ``last.ckpt`` is re-pointed at it (a relative symlink, replaced atomically), all but the newest
-    ``keep_last_k`` are deleted and the step is recorded in ``checkpoints/index.json``. A ``Checkpoint``:
-    Lightning runs it after the other callbacks, so their state for the step is complete when it is saved."""
+    ``keep_last_k`` are deleted and the step is recorded in ``checkpoints/index.json``. At a step that is
+    validated the checkpoint is written after the validation (and after the best-K checkpoint): a resume never
+    skips a validation, since a run killed during one resumes from the checkpoint before it. A ``Checkpoint``: Lightning runs it after the other
+    callbacks, so their state for the step is complete when it is saved."""
 
     def __init__(self, ckpt_dir: Path, every_n_steps: Optional[int], every_n_minutes: Optional[float],
-                 keep_last_k: int, steps_per_epoch: Optional[int] = None):
+                 keep_last_k: int, steps_per_epoch: Optional[int] = None, eval_every: Optional[int] = None):
         if keep_last_k < 1:
             raise ConfigError(f"checkpoint.keep_last_k={keep_last_k}: keep at least the newest checkpoint (>= 1)")
         if every_n_minutes is not None and every_n_minutes <= 0:
             raise ConfigError(f"checkpoint.every_n_minutes={every_n_minutes} must be > 0 (null: no time-based "
                               "checkpoints)")
         self.dir, self.every_n_steps, self.keep = Path(ckpt_dir), every_n_steps, keep_last_k
-        self.steps_per_epoch = steps_per_epoch
+        self.steps_per_epoch, self.eval_every = steps_per_epoch, eval_every
+        self._after_validation: Optional[int] = None  # a step whose checkpoint waits for its validation
         self.interval_s = every_n_minutes * 60.0 if every_n_minutes else None
         self.last_saved_step: Optional[int] = None
         self._clock = time.monotonic()  # when the last checkpoint was written (or training started)
@@ -128,6 +130,8 @@ class RollingCheckpoints(Checkpoint):
         self._looked = (0, self._clock)  # (step, time) of the last look
 
     def on_train_start(self, trainer, module) -> None:
+        if trainer.global_step > 0:  # resumed: the state at this step is the checkpoint it came from
+            self.last_saved_step = trainer.global_step
         self._clock = time.monotonic()
         self._next_look, self._looked = trainer.global_step + 1, (trainer.global_step, self._clock)
 
@@ -138,7 +142,14 @@ class RollingCheckpoints(Checkpoint):
         due = bool(self.every_n_steps) and step % self.every_n_steps == 0
         if self.interval_s is not None and step >= self._next_look:
             due = self._time_is_up(trainer, step) or due
-        if due:
+        if due and self.eval_every and step % self.eval_every == 0:
+            self._after_validation = step  # written once this step's validation is done: a resume never skips it
+        elif due:
+            self.save(trainer)
+
+    def on_validation_end(self, trainer, module) -> None:
+        if self._after_validation is not None and trainer.global_step == self._after_validation:
+            self._after_validation = None
             self.save(trainer)
 
     def _time_is_up(self, trainer, step: int) -> bool:
@@ -167,8 +178,7 @@ class RollingCheckpoints(Checkpoint):
         trainer.save_checkpoint(tmp, weights_only=False)
         trainer.strategy.barrier("checkpoint written")  # every rank's part is on disk
         if trainer.is_global_zero:
-            _remove(final)  # the same step written again by a resumed run
-            os.replace(tmp, final)
+            _move_into_place(tmp, final)  # the same step may be written again
             link = self.dir / "last.ckpt.tmp"
             _remove(link)
             os.symlink(final.name, link)
@@ -182,6 +192,17 @@ class RollingCheckpoints(Checkpoint):
         trainer.strategy.barrier("checkpoint done")
         self.last_saved_step, self._clock = step, time.monotonic()
         return final
+
+
+def _move_into_place(tmp: Path, final: Path) -> None:
+    """``tmp`` becomes ``final``; an older ``final`` is moved aside first and deleted only afterwards, so a
+    crash at any point leaves a complete checkpoint under one of the two names (a file is replaced atomically)."""
+    old = final.with_name(final.name + ".old")
+    if final.is_dir() and not final.is_symlink():
+        _remove(old)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _remove(old)
 
 
 def _remove(path: Path) -> None:
