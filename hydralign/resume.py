@@ -100,6 +100,19 @@ def resolve_resume(resume: Optional[str], run_dir: Path,
 
 
 # --- may this run continue it? ---------------------------------------------------------------
+def check_newest(ckpt: Path, run_dir: Path, resume: str) -> None:
+    """Resuming in place must continue the run's newest checkpoint: from an older one, the newer
+    checkpoints and validations of the abandoned branch would stay beside the new ones (keep-last-K,
+    ``:best`` and ``:last`` would mix the two)."""
+    step, newest = checkpoint_step(ckpt), latest_checkpoint(run_dir / "checkpoints")
+    newest_step = checkpoint_step(newest) if newest is not None else None
+    if ckpt.parent == run_dir / "checkpoints" and step is not None and newest_step is not None and step < newest_step:
+        raise ConfigError(f"resume={resume} is step {step}, but {run_dir} has gone on to step {newest_step} "
+                          f"({newest.name}): continuing it in place would mix the two. Start a new run from its "
+                          f"weights (init_from={resume}), or resume the newest (resume={run_dir})")
+
+
+
 def checkpoint_meta(path: Path) -> Optional[dict]:
     """The ``hydralign`` entry a checkpoint carries (compat signature, world size, accumulation), read
     without loading the weights; None for a checkpoint written without one."""

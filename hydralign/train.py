@@ -74,7 +74,7 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     (default: now), the origin of ``time/startup_seconds`` (job start to first training step)."""
     started = started or time.time()
     from hydralign.lineage import forget as forget_references
-    from hydralign.resume import check_resumable, resolve_resume
+    from hydralign.resume import check_newest, check_resumable, resolve_resume
 
     forget_references()  # references resolve afresh for each run (a :last may have moved since)
     from hydralign.tracking import config_params, finish, log_lineage, log_params, make_logger
@@ -88,6 +88,7 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     # The MLflow run exists from the start, so a job that fails while loading data is a FAILED run.
     config_plan = make_plan(cfg)  # refuses what the strategy cannot run, before the MLflow run exists
     if ckpt_path is not None:  # another model, effective batch, ...: refused with the keys that differ
+        check_newest(ckpt_path, run_dir, str(cfg.resume))
         check_resumable(ckpt_path, cfg, config_plan.strategy)
     lineage = resolve_lineage(cfg)  # init_from / teacher_from that match nothing fail here, listing what exists
     logger = make_logger(cfg, config_plan, run_dir, run_id=run_id)

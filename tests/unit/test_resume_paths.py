@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from hydralign.errors import ConfigError
-from hydralign.resume import check_resumable, latest_checkpoint, rederive_loop_progress, resolve_resume
+from hydralign.resume import (
+    check_newest,
+    check_resumable,
+    latest_checkpoint,
+    rederive_loop_progress,
+    resolve_resume,
+)
 from tests.helpers import compose_cfg
 
 
@@ -87,3 +93,14 @@ def test_loop_counters_follow_the_new_accumulation():
     assert counts["total"] == counts["current"] == {"ready": 16, "completed": 16, "started": 16, "processed": 16}
     assert not counts["is_last_batch"] and epoch["total"] == {"ready": 1, "started": 1, "processed": 0,
                                                               "completed": 0}
+
+
+def test_resuming_in_place_from_an_older_checkpoint_is_refused(tmp_path):
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    older, newest = _ckpt(ckpts / "step000200.ckpt", 200), _ckpt(ckpts / "step000600.ckpt", 600)
+    check_newest(newest, run, "auto")  # the newest: fine
+    check_newest(tmp_path / "elsewhere.ckpt", run, "x")  # a checkpoint from another folder: not in place
+    with pytest.raises(ConfigError, match=r"step 200, but .* has gone on to step 600 \(step000600.ckpt\).*"
+                                          r"init_from="):
+        check_newest(older, run, f"{run}:step=200")
