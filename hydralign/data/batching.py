@@ -22,6 +22,20 @@ from hydralign.data.preference import PairExample
 from hydralign.data.tokenize import IGNORE, Example
 
 
+class EpochPermutation:
+    """``perm(epoch)``: a permutation of range(n) that is a pure function of (seed, epoch); the latest is kept."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed = n, seed
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def __call__(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=gen))
+        return self._perm[1]
+
+
 class WindowSchedule:
     def __init__(self, units: list[int], effective: int, micro: int, world_size: int, rank: int, seed: int):
         """``units[i]``: what example i adds to its window's normalizer (its loss tokens, or 1 pair)."""
@@ -33,13 +47,7 @@ class WindowSchedule:
         self.windows_per_epoch = self.n // effective
         if self.windows_per_epoch < 1:
             raise ValueError(f"{self.n} examples cannot fill one step of {effective}")
-        self._perm: tuple[int, torch.Tensor] | None = None
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if self._perm is None or self._perm[0] != epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = (epoch, torch.randperm(self.n, generator=gen))
-        return self._perm[1]
+        self._permutation = EpochPermutation(self.n, seed)
 
     def window(self, step: int) -> torch.Tensor:
         epoch, w = divmod(step, self.windows_per_epoch)

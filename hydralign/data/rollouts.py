@@ -10,9 +10,9 @@ mini-batches; rank r's k-th micro-batch of a step is local samples ``[mini x loc
 
 from __future__ import annotations
 
-import torch
 from torch.utils.data import Dataset
 
+from hydralign.data.batching import EpochPermutation
 from hydralign.data.tokenize import GenerationExample
 from hydralign.plan import RolloutPlan
 
@@ -23,13 +23,7 @@ class RolloutSchedule:
         self.rollouts_per_epoch = num_prompts // rollout.prompts_per_rollout
         if self.rollouts_per_epoch < 1:
             raise ValueError(f"{num_prompts} prompts cannot fill one rollout batch of {rollout.prompts_per_rollout}")
-        self._perm: tuple[int, torch.Tensor] | None = None
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if self._perm is None or self._perm[0] != epoch:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = (epoch, torch.randperm(self.n, generator=gen))
-        return self._perm[1]
+        self._permutation = EpochPermutation(num_prompts, seed)
 
     def prompts(self, rollout_index: int) -> list[int]:
         """This rank's prompt indices for rollout batch ``rollout_index``."""
