@@ -102,12 +102,14 @@ def cache_key(cfg: Any, data: Any) -> tuple[str, dict[str, Any]]:
 
 def _checksum(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
-    for name in SPLITS:
+    for name in sorted(tensors):
         h.update(tensors[name].contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
-def _load_valid(path: Path, key: str, sizes: dict[str, int]) -> Optional[dict[str, torch.Tensor]]:
+def read_checked(path: Path, key: str, names: set[str]) -> Optional[dict[str, torch.Tensor]]:
+    """The tensors of a cache file written by ``write_checked``, or None when it is missing, truncated, of
+    another key, holds other tensors than ``names``, or fails its checksum (never used, recomputed)."""
     from safetensors import safe_open
 
     if not path.is_file():
@@ -115,12 +117,31 @@ def _load_valid(path: Path, key: str, sizes: dict[str, int]) -> Optional[dict[st
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = fh.metadata() or {}
-            tensors = {name: fh.get_tensor(name) for name in SPLITS}
+            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
     except Exception:  # truncated or not a safetensors file at all
         return None
-    if meta.get("key") != key or any(tuple(tensors[s].shape) != (sizes[s], 2) for s in SPLITS):
+    if meta.get("key") != key or set(tensors) != names or meta.get("checksum") != _checksum(tensors):
         return None
-    if meta.get("checksum") != _checksum(tensors):
+    return tensors
+
+
+def write_checked(cache_dir: Path, path: Path, key: str, tensors: dict[str, torch.Tensor],
+                  described: dict[str, Any]) -> None:
+    """``tensors`` into ``path`` with its key and checksum in the metadata (temporary name, fsync, rename),
+    and ``<key>.json`` describing what it holds. Call it holding ``_locked``."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"key": key, "checksum": _checksum(tensors)})
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    (cache_dir / f"{key}.json").write_text(json.dumps(described, indent=2, sort_keys=True))
+
+
+def _load_valid(path: Path, key: str, sizes: dict[str, int]) -> Optional[dict[str, torch.Tensor]]:
+    tensors = read_checked(path, key, set(SPLITS))
+    if tensors is None or any(tuple(tensors[s].shape) != (sizes[s], 2) for s in SPLITS):
         return None
     return tensors
 
@@ -140,8 +161,6 @@ def load_or_compute(cache_dir: Path, key: str, described: dict[str, Any], sizes:
                     compute: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The cached tensors ({split: [N, 2] float32}) and a report {"hit": bool, "seconds": ..., "path": ...}.
     ``compute`` runs at most once across every process sharing ``cache_dir``."""
-    from safetensors.torch import save_file
-
     path = cache_dir / f"{key}.safetensors"
     started = time.time()
     with _locked(cache_dir / f"{key}.lock"):
@@ -150,12 +169,7 @@ def load_or_compute(cache_dir: Path, key: str, described: dict[str, Any], sizes:
             return cached, {"hit": True, "seconds": time.time() - started, "path": str(path)}
         stale = path.is_file()
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in compute().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"key": key, "checksum": _checksum(tensors)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        (cache_dir / f"{key}.json").write_text(json.dumps(described, indent=2, sort_keys=True))
+        write_checked(cache_dir, path, key, tensors, described)
     return tensors, {"hit": False, "recomputed_stale": stale, "seconds": time.time() - started, "path": str(path)}
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Optional
 
 import torch
 
-from hydralign.methods.reference_cache import _hash_file, _locked
+from hydralign.methods.reference_cache import _hash_file, _locked, read_checked, write_checked
 
 SPLITS = ("train", "val")
 
@@ -69,28 +68,9 @@ def _unpack(tensors: dict[str, torch.Tensor]) -> dict[str, list[list[int]]]:
     return out
 
 
-def _checksum(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        h.update(tensors[name].contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def _load_valid(path: Path, key: str, sizes: dict[str, int]) -> Optional[dict[str, list[list[int]]]]:
-    from safetensors import safe_open
-
-    if not path.is_file():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {name: fh.get_tensor(name) for name in fh.keys()}
-    except Exception:  # truncated or not a safetensors file at all
-        return None
-    names = {f"{s}.{k}" for s in SPLITS for k in ("tokens", "offsets")}
-    if meta.get("key") != key or set(tensors) != names or meta.get("checksum") != _checksum(tensors):
-        return None
-    if any(len(tensors[f"{s}.offsets"]) != sizes[s] + 1 for s in SPLITS):
+    tensors = read_checked(path, key, {f"{s}.{k}" for s in SPLITS for k in ("tokens", "offsets")})
+    if tensors is None or any(len(tensors[f"{s}.offsets"]) != sizes[s] + 1 for s in SPLITS):
         return None
     return _unpack(tensors)
 
@@ -100,8 +80,6 @@ def load_or_generate(cache_dir: Path, key: str, described: dict[str, Any], sizes
                      ) -> tuple[dict[str, list[list[int]]], dict[str, Any]]:
     """({split: one completion (token ids) per prompt}, {"hit", "seconds", "path"}); ``generate`` runs at
     most once across every process sharing ``cache_dir``."""
-    from safetensors.torch import save_file
-
     path = cache_dir / f"{key}.safetensors"
     started = time.time()
     with _locked(cache_dir / f"{key}.lock"):
@@ -109,13 +87,7 @@ def load_or_generate(cache_dir: Path, key: str, described: dict[str, Any], sizes
         if cached is not None:
             return cached, {"hit": True, "seconds": time.time() - started, "path": str(path)}
         completions = generate()
-        tensors = _pack(completions)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"key": key, "checksum": _checksum(tensors)})
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        (cache_dir / f"{key}.json").write_text(json.dumps(described, indent=2, sort_keys=True))
+        write_checked(cache_dir, path, key, _pack(completions), described)
     return completions, {"hit": False, "seconds": time.time() - started, "path": str(path)}
 
 
