@@ -28,11 +28,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.models import LLAMA100M  # noqa: E402
+
 MODELS = {
     "tiny": ["model=tiny"],
-    # 14 x (4 x 768^2 + 3 x 768 x 2048) + embeddings: ~99M parameters
-    "llama100m": ["model=llama25m", "model.hidden_size=768", "model.num_layers=14", "model.num_heads=12",
-                  "model.intermediate_size=2048"],
+    "llama100m": LLAMA100M,
 }
 COMMON = ["data.arithmetic.num_train=256", "data.arithmetic.num_val=8", "eval.num_generate=0", "eval.at_start=false",
           "batch.effective=4", "batch.micro=2", "logger=none", "checkpoint.export_hf=false",

@@ -21,11 +21,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.models import LLAMA100M  # noqa: E402
+
 MODELS = {
     "llama25m": ["model=llama25m"],
-    # 14 x (4 x 768^2 + 3 x 768 x 2048) + 32k x 768 tied embeddings: ~124M parameters (~99M without embeddings)
-    "llama100m": ["model=llama25m", "model.hidden_size=768", "model.num_layers=14", "model.num_heads=12",
-                  "model.intermediate_size=2048"],
+    "llama100m": LLAMA100M,
 }
 
 

@@ -9,11 +9,10 @@ import json
 
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
 from hydralign.errors import ConfigError
 from hydralign.train import run
-from tests.helpers import tiny_cfg
+from tests.helpers import Recorder, tiny_cfg
 
 # Half the teacher's depth (the default tiny model has 4 layers). A 64-wide student (head size 16) stays at
 # val exact match ~0.03 after 600 steps whether distilled or fine-tuned: too small for this task here.
@@ -23,25 +22,6 @@ TASK = ["data.arithmetic.max_digits=2", "data.arithmetic.num_train=4000", "data.
 QUIET = ["logger=none", "eval.at_start=false", "eval.every_n_steps=1000", "eval.num_generate=0",
          "checkpoint.save_last=false", "checkpoint.export_hf=false", "checkpoint.monitor=val/loss",
          "checkpoint.mode=min", "optimized_metric=val/loss", "schedule=constant"]
-
-
-class Recorder(Callback):
-    """Per optimizer step: the window loss; at step 1: the gradients; at the end: the module."""
-
-    def __init__(self):
-        self.losses: list[float] = []
-        self.first_grads: dict[str, torch.Tensor] = {}
-        self.module = None
-        self.optimizer = None
-
-    def on_before_optimizer_step(self, trainer, module, optimizer):
-        self.losses.append(float(module.last_window_loss))
-        if not self.first_grads:
-            self.first_grads = {n: p.grad.detach().clone() for n, p in module.named_parameters()
-                                if p.grad is not None}
-
-    def on_train_end(self, trainer, module):
-        self.module, self.optimizer = module, trainer.optimizers[0]
 
 
 def _distill(tmp, teacher, overrides) -> tuple[dict, Recorder]:

@@ -11,30 +11,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from hydralign.train import run
-from tests.helpers import tiny_cfg
+from tests.helpers import Recorder, tiny_cfg
 
 SHORT = ["method=dpo", "logger=none", "data.arithmetic.max_digits=2", "data.arithmetic.num_train=512",
          "data.arithmetic.num_val=32", "eval.num_generate=0", "eval.at_start=false", "eval.every_n_steps=1000",
          "checkpoint.monitor=val/loss", "checkpoint.mode=min", "optimized_metric=val/loss",
          "checkpoint.save_last=false", "checkpoint.export_hf=false", "schedule=constant", "trainer.max_steps=5"]
-
-
-class Recorder(Callback):
-    """Per optimizer step: the window loss; at step 1: the gradients; at the end: the module."""
-
-    def __init__(self):
-        self.losses: list[float] = []
-        self.first_grads: dict[str, torch.Tensor] = {}
-        self.module = None
-
-    def on_before_optimizer_step(self, trainer, module, optimizer):
-        self.losses.append(float(module.last_window_loss))
-        if not self.first_grads:
-            self.first_grads = {n: p.grad.detach().clone() for n, p in module.named_parameters()
-                                if p.grad is not None}
-
-    def on_train_end(self, trainer, module):
-        self.module = module
 
 
 def _run(tmp, overrides):
