@@ -28,18 +28,14 @@ def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
 def export_checkpoint(ckpt: Path, run_config: Path, out: Path) -> Path:
     from omegaconf import OmegaConf
 
-    from hydralign.data.templates import template_for
-    from hydralign.models import build_model, build_tokenizer
+    from hydralign.models import build_model, tokenizer_and_template
     from hydralign.models.peft import apply_peft, is_peft, merged_copy
 
     cfg = OmegaConf.load(run_config)
     if cfg.peft.load_in_4bit:
         raise ConfigError(f"{ckpt} is a QLoRA run's checkpoint: export it from that run (its adapter/ and merged "
                           "hf_model/) rather than from the 4-bit training state")
-    if cfg.model.chat_template == "auto":
-        tokenizer = build_tokenizer(cfg.model, None)
-    else:
-        tokenizer = build_tokenizer(cfg.model, template_for(cfg.model.chat_template))
+    tokenizer, _ = tokenizer_and_template(cfg.model)
     model = apply_peft(build_model(cfg.model, tokenizer, int(cfg.seed)), cfg.peft)
     state = checkpoint_weights(ckpt)  # a LoRA run's keys are PEFT's own (base_model.model....)
     missing, unexpected = model.load_state_dict(state, strict=False)

@@ -122,20 +122,14 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     from hydralign.callbacks import StartupTimer, StepSeeds, TokensSeen
     from hydralign.checkpoints import RollingCheckpoints, checkpoint_callbacks, write_json
     from hydralign.data.module import PostTrainingData
-    from hydralign.data.templates import template_for
     from hydralign.methods.registry import get_method
-    from hydralign.models import build_tokenizer
+    from hydralign.models import tokenizer_and_template
     from hydralign.models.peft import apply_peft, trainable_summary
     from hydralign.tracking import log_run_start
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     spec = get_method(cfg.method.name)
-    if cfg.model.chat_template == "auto":  # the tokenizer's own template, read from the tokenizer
-        tokenizer = build_tokenizer(cfg.model, None)
-        template = template_for("auto", tokenizer)
-    else:
-        template = template_for(cfg.model.chat_template)
-        tokenizer = build_tokenizer(cfg.model, template)
+    tokenizer, template = tokenizer_and_template(cfg.model)
     module_cls = spec.module_class()
     module_cls.check_before_models(cfg, tokenizer)  # e.g. a teacher with another tokenizer: refused before loading
     data = PostTrainingData(cfg, tokenizer, template, kind=spec.data_kind, unit=spec.unit)

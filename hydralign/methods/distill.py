@@ -55,12 +55,9 @@ def teacher_dir_of(cfg: Any) -> Path:
 
 def student_tokenizer(cfg: Any):
     """The student's tokenizer exactly as ``hydralign.train`` builds it (template markers included)."""
-    from hydralign.data.templates import template_for
-    from hydralign.models import build_tokenizer
+    from hydralign.models import tokenizer_and_template
 
-    if cfg.model.chat_template == "auto":
-        return build_tokenizer(cfg.model, None)
-    return build_tokenizer(cfg.model, template_for(cfg.model.chat_template))
+    return tokenizer_and_template(cfg.model)[0]
 
 
 def tokenizer_differences(student: Any, teacher: Any) -> list[str]:
@@ -173,10 +170,9 @@ class DistillModule(PostTrainingModule):
 
     @classmethod
     def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:
-        """The teacher, after its tokenizer is checked against the student's (before its weights load).
+        """The teacher (its tokenizer was checked by ``check_before_models``, before anything loaded).
         seqkd keeps only the teacher's directory: its answers come from the cache, generated on a miss."""
         teacher_dir = teacher_dir_of(cfg)
-        check_shared_tokenizer(student_tokenizer(cfg), teacher_dir, str(cfg.method.teacher_from))
         if cfg.method.loss == "seqkd":
             return {"teacher_dir": teacher_dir}
         rank = int(os.environ.get("RANK", "0"))

@@ -11,7 +11,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {name: "hydralign.models.policy" for name in
-            ("CHAR_SPECIALS", "DTYPES", "build_model", "build_tokenizer", "char_tokenizer", "load_weights")}
+            ("CHAR_SPECIALS", "DTYPES", "build_model", "build_tokenizer", "char_tokenizer", "load_weights",
+             "tokenizer_and_template")}
 
 __all__ = sorted(_EXPORTS)
 

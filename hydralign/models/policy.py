@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import torch
 
-from hydralign.data.templates import TEMPLATES, ChatTemplate
+from hydralign.data.templates import TEMPLATES, ChatTemplate, template_for
 from hydralign.errors import ConfigError
 from hydralign.models.peft import quantization_kwargs
 
@@ -50,6 +50,16 @@ def build_tokenizer(mcfg: Any, template: Optional[ChatTemplate]):
     if template is not None:
         tok.chat_template = template.jinja
     return tok
+
+
+def tokenizer_and_template(mcfg: Any) -> tuple[Any, ChatTemplate]:
+    """The run's tokenizer and chat template from ``cfg.model``: ``chat_template=auto`` reads the template from
+    the tokenizer; a named one (chatml, tulu) adds its markers to the tokenizer."""
+    if mcfg.chat_template == "auto":
+        tokenizer = build_tokenizer(mcfg, None)
+        return tokenizer, template_for("auto", tokenizer)
+    template = template_for(mcfg.chat_template)
+    return build_tokenizer(mcfg, template), template
 
 
 def build_model(mcfg: Any, tokenizer, seed: int, pcfg: Any = None) -> torch.nn.Module:
