@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
-from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydralign.cli import config_dir
@@ -34,22 +32,3 @@ def tiny_cfg(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
         cfg.run_dir = str(tmp_path / "run")
     OmegaConf.set_readonly(cfg, False)
     return cfg
-
-
-class Recorder(Callback):
-    """Per optimizer step: the window loss; at step 1: the gradients; at the end: the module."""
-
-    def __init__(self):
-        self.losses: list[float] = []
-        self.first_grads: dict[str, torch.Tensor] = {}
-        self.module = None
-        self.optimizer = None
-
-    def on_before_optimizer_step(self, trainer, module, optimizer):
-        self.losses.append(float(module.last_window_loss))
-        if not self.first_grads:
-            self.first_grads = {n: p.grad.detach().clone() for n, p in module.named_parameters()
-                                if p.grad is not None}
-
-    def on_train_end(self, trainer, module):
-        self.module, self.optimizer = module, trainer.optimizers[0]

@@ -12,7 +12,8 @@ import torch
 
 from hydralign.errors import ConfigError
 from hydralign.train import run
-from tests.helpers import Recorder, tiny_cfg
+from tests.helpers import tiny_cfg
+from tests.recorder import Recorder
 
 # Half the teacher's depth (the default tiny model has 4 layers). A 64-wide student (head size 16) stays at
 # val exact match ~0.03 after 600 steps whether distilled or fine-tuned: too small for this task here.

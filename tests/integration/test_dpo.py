@@ -11,7 +11,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from hydralign.train import run
-from tests.helpers import Recorder, tiny_cfg
+from tests.helpers import tiny_cfg
+from tests.recorder import Recorder
 
 SHORT = ["method=dpo", "logger=none", "data.arithmetic.max_digits=2", "data.arithmetic.num_train=512",
          "data.arithmetic.num_val=32", "eval.num_generate=0", "eval.at_start=false", "eval.every_n_steps=1000",
