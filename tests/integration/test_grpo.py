@@ -27,18 +27,20 @@ class Rewards(Callback):
 
 
 def test_grpo_from_sft_raises_the_reward(sft_trained, tmp_path):
-    _, _, sft_tmp = sft_trained
+    _, sft_metrics, sft_tmp = sft_trained
     rec = Rewards()
-    # Sampling at temperature 2 makes the SFT policy's answers right ~25% of the time (greedy: ~all): GRPO
-    # sharpens it, so the sampled reward rises (0.27 -> 0.37 here over 10 x 128 samples each).
-    metrics = run(tiny_cfg(tmp_path, TASK + [f"init_from={sft_tmp / 'run'}", "trainer.max_steps=40", "lr=1e-4",
+    # Sampling at temperature 2 makes the SFT policy's answers right 15-27% of the time (greedy: 0.84-0.99; the
+    # SFT fixture's end point depends on the CPU thread count): GRPO sharpens it, so the sampled reward rises
+    # (0.14 -> 0.25 with the 0.84 fixture, 0.27 -> 0.40 with the 0.99 one, first vs last 10 steps) while the
+    # greedy answers stay (exact match -0.02 and 0.00). lr 1e-4 rises as fast but costs up to 0.07 greedy.
+    metrics = run(tiny_cfg(tmp_path, TASK + [f"init_from={sft_tmp / 'run'}", "trainer.max_steps=80", "lr=5e-5",
                                              "method.temperature=2.0", "eval.num_generate=128",
-                                             "eval.every_n_steps=40"]), callbacks=[rec])
+                                             "eval.every_n_steps=80"]), callbacks=[rec])
     curve = [s["rewards/mean"] for s in rec.steps]
-    assert len(curve) == 40 and rec.steps[-1]["episodes"] == 40 * 128
+    assert len(curve) == 80 and rec.steps[-1]["episodes"] == 80 * 128
     first, last = sum(curve[:10]) / 10, sum(curve[-10:]) / 10
     assert last > first + 0.05, curve
-    assert metrics["val/exact_match"] >= 0.8  # greedy answers kept (the SFT run's: ~0.84)
+    assert metrics["val/exact_match"] >= sft_metrics["val/exact_match"] - 0.1  # greedy answers kept
     for key in ("kl", "clip_fraction", "completion_length", "truncated_fraction", "accuracy", "rewards/std",
                 "rewards/exact_answer/mean", "time/generation_s", "time/training_s"):
         assert key in rec.steps[-1], key
