@@ -37,6 +37,8 @@ class TokensSeen(Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         mask = batch.get("attention_mask")
+        if mask is None and "segments" in batch:  # packed rows: every token but the row-end padding
+            mask = batch["segments"] >= 0
         if mask is not None:
             tokens = mask.sum()
             self.local = tokens if self.local is None else self.local + tokens

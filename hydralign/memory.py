@@ -172,8 +172,9 @@ def model_arch(cfg: Any) -> Optional[Arch]:
                 tied=bool(_get(cfg, "model.tie_word_embeddings", False)))
 
 
-def memory_inputs(cfg: Any, micro: int, sequences_per_example: int, held: tuple[str, ...], method: str
-                  ) -> Optional[MemoryInputs]:
+def memory_inputs(cfg: Any, micro: int, sequences_per_example: int, held: tuple[str, ...], method: str,
+                  seq_len: Optional[int] = None) -> Optional[MemoryInputs]:
+    """``seq_len``: tokens per row when it is not ``data.max_seq_len`` (packed rows)."""
     arch = model_arch(cfg)
     if _get(cfg, "model.source", "config") == "config" and arch is not None:
         params = float(arch.params)
@@ -200,7 +201,7 @@ def memory_inputs(cfg: Any, micro: int, sequences_per_example: int, held: tuple[
         fsdp_accumulate_unsharded=bool(_get(cfg, "hardware.fsdp_accumulate_unsharded", False)),
         peft=peft, lora_r=int(_get(cfg, "peft.r", 64)), lora_targets=_get(cfg, "peft.target_modules", "all-linear"),
         optimizer=str(_get(cfg, "optimizer.name", "adamw")), momentum=float(_get(cfg, "optimizer.momentum", 0.0)),
-        micro=micro, sequences_per_example=sequences_per_example, seq_len=int(_get(cfg, "data.max_seq_len", 0)),
+        micro=micro, sequences_per_example=sequences_per_example, seq_len=int(seq_len if seq_len is not None else _get(cfg, "data.max_seq_len", 0)),
         checkpointing=bool(_get(cfg, "model.gradient_checkpointing", False)),
         eager_attention=_get(cfg, "model.attn_implementation") == "eager",
         loss_chunk=_get(cfg, "model.loss_chunk_size"), method=method, held=tuple(held),

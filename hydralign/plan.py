@@ -15,7 +15,7 @@ from typing import Any, Optional
 from hydralign.config.schema import OptimizerConfig, ScheduleConfig
 from hydralign.errors import ConfigError
 from hydralign.memory import MemoryEstimate, estimate_memory, format_memory, memory_inputs
-from hydralign.methods.registry import get_method
+from hydralign.methods.registry import METHODS, get_method
 from hydralign.optimizers import OPTIMIZERS
 from hydralign.strategies import check_strategy
 
@@ -80,6 +80,8 @@ class Plan:
     num_parameters: Optional[float] = None  # model.num_parameters, as the model card states it
     memory: Optional[MemoryEstimate] = None  # per device, from the config (hydralign.memory); None: size unknown
     rollout: Optional[RolloutPlan] = None  # online RL (data kind prompts): the batch hierarchy
+    packing: str = "none"  # none | padding_free | packed (hydralign.data.packing)
+    max_tokens_per_micro: Optional[int] = None  # packed: tokens per row; batch sizes then count rows
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -269,6 +271,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
                               "set model.attn_implementation=sdpa")
     check_strategy(cfg, held_frozen=spec.held_models(cfg))  # what fsdp / deepspeed cannot run, and the fix
     _check_loss_chunk(cfg, spec.name, strategy)
+    packing, row_tokens = _check_packing(cfg, spec)
 
     rollout: Optional[RolloutPlan] = None
     if spec.data_kind == "prompts":
@@ -277,7 +280,8 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     else:
         effective, micro, grad_accum, global_micro = _batch_sizes(cfg, world)
 
-    if num_train_examples is None:
+    # Packed: the items are rows, counted once the data is tokenized and packed.
+    if num_train_examples is None and packing != "packed":
         if _get(cfg, "data.source") == "arithmetic":
             num_train_examples = int(_get(cfg, "data.arithmetic.num_train"))
         elif _get(cfg, "data.num_examples") is not None:
@@ -291,7 +295,8 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         steps_per_epoch = num_train_examples // rollout.prompts_per_rollout * rollout.steps_per_rollout
     elif num_train_examples is not None:
         if num_train_examples < effective:
-            raise ConfigError(f"the train split has {num_train_examples} examples, fewer than one optimizer "
+            items = "packed rows" if packing == "packed" else "examples"
+            raise ConfigError(f"the train split has {num_train_examples} {items}, fewer than one optimizer "
                               f"step needs (batch.effective={effective}); lower batch.effective or add data")
         steps_per_epoch = num_train_examples // effective
 
@@ -366,18 +371,21 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     optimizer = _get(cfg, "optimizer.name", OptimizerConfig.name)
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name={optimizer} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
-    inputs = memory_inputs(cfg, micro, spec.sequences_per_example, spec.held_models(cfg), spec.name)
+    sequences = 1 if packing == "packed" else spec.sequences_per_example  # a packed row is one sequence
+    row_len = row_tokens if packing == "packed" else max_seq_len
+    inputs = memory_inputs(cfg, micro, sequences, spec.held_models(cfg), spec.name, seq_len=row_len)
     return Plan(
         method=spec.name, data_kind=spec.data_kind,
         loss_unit=GRPO_UNITS.get(rollout.loss_type, spec.unit) if rollout else spec.unit, frozen_models=spec.frozen_models(cfg),
         model=str(_get(cfg, "model.name", "?")), accelerator=accelerator, strategy=strategy,
         precision=precision, nodes=nodes, devices_per_node=devices, world_size=world, micro_batch=micro,
         grad_accum=grad_accum, global_micro_batch=global_micro, effective_batch=effective,
-        max_seq_len=max_seq_len, max_tokens_per_step=effective * spec.sequences_per_example * max_seq_len,
+        max_seq_len=max_seq_len, max_tokens_per_step=effective * sequences * row_len,
         num_train_examples=num_train_examples, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         epochs=epochs, warmup_steps=warmup, lr=lr, schedule=schedule, eval_every_n_steps=every,
         seed=seed, num_parameters=_get(cfg, "model.num_parameters"),
         memory=estimate_memory(inputs) if inputs is not None else None, rollout=rollout,
+        packing=packing, max_tokens_per_micro=row_tokens if packing == "packed" else None,
     )
 
 
@@ -398,12 +406,11 @@ def format_plan(plan: Plan, title: str = "plan") -> str:
         ("micro_batch (per device)", plan.micro_batch),
         ("grad_accum (derived)", plan.grad_accum),
         ("effective_batch", f"{plan.effective_batch} = {plan.world_size} x {plan.micro_batch} x {plan.grad_accum}"),
-        ("tokens per step (max)", f"{plan.max_tokens_per_step} = {plan.effective_batch} x "
-                                  f"{plan.max_tokens_per_step // max(1, plan.effective_batch * plan.max_seq_len)}"
-                                  f" sequence(s) x {plan.max_seq_len}"),
+        ("tokens per step (max)", _tokens_per_step(plan)),
+        ("packing", PACKING_TEXT[plan.packing].format(n=plan.max_tokens_per_micro)),
         ("loss normalized by", f"{plan.loss_unit} of the whole step (data: {plan.data_kind})"),
         ("frozen models", "; ".join(plan.frozen_models) or "none"),
-        ("train examples", show(plan.num_train_examples)),
+        ("train rows (packed)" if plan.packing == "packed" else "train examples", show(plan.num_train_examples)),
         ("steps per epoch", show(plan.steps_per_epoch)),
         ("total steps", show(plan.total_steps)),
         ("epochs", show(plan.epochs)),
@@ -414,6 +421,46 @@ def format_plan(plan: Plan, title: str = "plan") -> str:
     ] + format_rollout(plan.rollout) + format_memory(plan.memory)
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"== {title} =="] + [f"  {k.ljust(width)}  {show(v)}" for k, v in rows])
+
+
+PACKING_TEXT = {
+    "none": "none (one right-padded row per sequence)",
+    "padding_free": "padding_free (each micro-batch's sequences in one row, attention inside each)",
+    "packed": "packed (rows of <= {n} tokens by best-fit decreasing; batch sizes count rows)",
+}
+
+
+def _tokens_per_step(plan: Plan) -> str:
+    if plan.packing == "packed":
+        return f"{plan.max_tokens_per_step} = {plan.effective_batch} rows x {plan.max_tokens_per_micro}"
+    per_example = plan.max_tokens_per_step // max(1, plan.effective_batch * plan.max_seq_len)
+    return f"{plan.max_tokens_per_step} = {plan.effective_batch} x {per_example} sequence(s) x {plan.max_seq_len}"
+
+
+def _check_packing(cfg: Any, spec: Any) -> tuple[str, Optional[int]]:
+    """(data.packing, tokens per packed row). Refuses a mode the method cannot use, and a row that could not
+    hold the longest example (a pair: chosen + rejected)."""
+    mode = str(_get(cfg, "data.packing", "none") or "none")
+    if mode not in PACKING_TEXT:
+        raise ConfigError(f"data.packing={mode} is unknown; choose one of: {', '.join(PACKING_TEXT)}")
+    if mode == "none":
+        return mode, None
+    if not spec.packing:
+        usable = ", ".join(n for n, s in METHODS.items() if s.packing)
+        raise ConfigError(f"data.packing={mode} applies to method={usable}, not method={spec.name}; "
+                          "set data.packing=none")
+    if mode == "padding_free":
+        return mode, None
+    row = _get(cfg, "data.max_tokens_per_micro")
+    longest = spec.sequences_per_example * int(_get(cfg, "data.max_seq_len", 0))
+    if row is None:
+        raise ConfigError(f"data.packing=packed needs data.max_tokens_per_micro (tokens per row), e.g. "
+                          f"data.max_tokens_per_micro={max(longest, 1)}")
+    if int(row) < longest:
+        what = "a chosen + rejected pair" if spec.sequences_per_example == 2 else "an example"
+        raise ConfigError(f"data.max_tokens_per_micro={row} cannot hold {what} of up to {longest} tokens "
+                          f"(data.max_seq_len={_get(cfg, 'data.max_seq_len')}); set data.max_tokens_per_micro>={longest}")
+    return mode, int(row)
 
 
 def format_rollout(r: Optional[RolloutPlan]) -> list[tuple[str, Any]]:

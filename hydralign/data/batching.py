@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from hydralign.data.packing import PackedRow, collate_rows
 from hydralign.data.preference import PairExample
 from hydralign.data.tokenize import IGNORE, Example
 
@@ -93,18 +94,39 @@ def collate_items(items: list, indices: list[int], pad_id: int, real: Optional[l
 
 
 class TrainMicroBatches(Dataset):
-    """Item i = this rank's i-th micro-batch of training, collated, with its window's unit count."""
+    """Item i = this rank's i-th micro-batch of training, collated, with its window's unit count.
 
-    def __init__(self, examples: list, schedule: WindowSchedule, pad_id: int, total_steps: int):
+    ``packing`` (``hydralign.data.packing``): ``padding_free`` puts the micro-batch's examples in one row;
+    ``packed`` schedules ``rows`` (the train split packed) instead of examples, one row each, and with
+    ``one_row`` (flash-attention: its varlen kernel takes one row) the micro-batch's rows as one."""
+
+    def __init__(self, examples: list, schedule: WindowSchedule, pad_id: int, total_steps: int,
+                 packing: str = "none", rows: Optional[list[PackedRow]] = None, one_row: bool = False):
         self.examples, self.schedule, self.pad_id = examples, schedule, pad_id
         self.length = total_steps * schedule.grad_accum
+        self.packing, self.rows, self.one_row = packing, rows, one_row
 
     def __len__(self) -> int:
         return self.length
 
+    def _collate(self, members: list[int]) -> dict:
+        if self.packing == "none":
+            return collate_items([self.examples[i] for i in members], members, self.pad_id)
+        if self.packing == "padding_free":
+            groups = [members]
+        else:
+            groups = [list(self.rows[r].members) for r in members]
+            if self.one_row:
+                groups = [[i for g in groups for i in g]]
+        batch = collate_rows([[self.examples[i] for i in g] for g in groups], self.pad_id)
+        indices = [i for g in groups for i in g]
+        batch["index"] = torch.tensor(indices, dtype=torch.long)
+        batch["real"] = torch.ones(len(indices), dtype=torch.bool)
+        return batch
+
     def __getitem__(self, index: int) -> dict:
         members, window_units, last, epoch = self.schedule.micro_batch(index)
-        batch = collate_items([self.examples[i] for i in members], members, self.pad_id)
+        batch = self._collate(members)
         # Plain Python values: they stay on the host, so reading them never syncs a device.
         batch.update(window_units=window_units, window_last=last, epoch=epoch, split="train")
         return batch

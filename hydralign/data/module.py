@@ -17,11 +17,13 @@ from torch.utils.data import DataLoader
 from hydralign.data import readers
 from hydralign.data.arithmetic import make_splits, preference_records
 from hydralign.data.batching import EvalBatches, ResumableSequentialSampler, TrainMicroBatches, WindowSchedule
+from hydralign.data.packing import PackedRow, packed_items
 from hydralign.data.preference import PairFields, encode_pairs, to_pair
 from hydralign.data.rollouts import RolloutMicroBatches, RolloutSchedule
 from hydralign.data.templates import ChatTemplate
 from hydralign.data.tokenize import GenerationExample, TokenizeStats, encode, generation_examples
 from hydralign.errors import ConfigError, DataError
+from hydralign.models.inputs import check_packing_support
 from hydralign.plan import Plan
 
 
@@ -101,6 +103,7 @@ class PostTrainingData(L.LightningDataModule):
         self.cfg, self.tokenizer, self.template, self.kind, self.unit = cfg, tokenizer, template, kind, unit
         self.stats: dict[str, TokenizeStats] = {}
         self.plan: Plan | None = None
+        self.train_rows: list[PackedRow] | None = None  # data.packing=packed: the train split in rows
 
     def load(self) -> None:
         dcfg = self.cfg.data
@@ -120,6 +123,12 @@ class PostTrainingData(L.LightningDataModule):
         if not self.train_examples:
             raise DataError(f"no train example survived tokenization ({self.stats['train']}); raise "
                             "data.max_seq_len or use data.overlong=truncate")
+        self.train_rows = None
+        if dcfg.packing != "none":
+            check_packing_support()
+        if dcfg.packing == "packed":
+            self.train_rows = packed_items(self.train_examples, self._example_units(), int(dcfg.max_tokens_per_micro),
+                                           int(self.cfg.seed))
         ecfg = self.cfg.eval
         convs = {s: self._conversations(records[s]) for s in ("train", "val")}
         if self.kind == "prompts":  # online RL: train on the prompts, their assistant turn the answer key
@@ -134,11 +143,22 @@ class PostTrainingData(L.LightningDataModule):
             return items
         return [p.prompt + [{"role": "assistant", "content": p.chosen}] for p in items]
 
-    def units(self) -> list[int]:
-        """Each train example's share of its window's normalizer (DESIGN.md section 5)."""
+    def _example_units(self) -> list[int]:
         if self.unit == "tokens":
             return [e.num_loss_tokens for e in self.train_examples]
         return [1] * len(self.train_examples)
+
+    def units(self) -> list[int]:
+        """Each train item's share of its window's normalizer (DESIGN.md section 5): an example's, or the
+        sum of a packed row's examples'."""
+        if self.train_rows is not None:
+            return [r.units for r in self.train_rows]
+        return self._example_units()
+
+    @property
+    def num_train_items(self) -> int:
+        """What the schedule draws windows from: examples, or packed rows."""
+        return len(self.train_rows) if self.train_rows is not None else len(self.train_examples)
 
     def summary(self) -> str:
         parts = []
@@ -159,7 +179,9 @@ class PostTrainingData(L.LightningDataModule):
                               persistent_workers=self.cfg.data.num_workers > 0)
         schedule = WindowSchedule(self.units(), plan.effective_batch,
                                   plan.micro_batch, plan.world_size, trainer.global_rank, plan.seed)
-        data = TrainMicroBatches(self.train_examples, schedule, self.tokenizer.pad_token_id, plan.total_steps)
+        flash = str(self.cfg.model.get("attn_implementation") or "").startswith("flash")
+        data = TrainMicroBatches(self.train_examples, schedule, self.tokenizer.pad_token_id, plan.total_steps,
+                                 self.cfg.data.packing, self.train_rows, one_row=flash)
         # Resume: continue after the last completed optimizer step (read when iteration starts).
         sampler = ResumableSequentialSampler(len(data), lambda: trainer.global_step * plan.grad_accum)
         return DataLoader(data, batch_size=None, sampler=sampler, num_workers=self.cfg.data.num_workers,

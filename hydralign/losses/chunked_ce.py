@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 
 from hydralign.data.tokenize import IGNORE
+from hydralign.models.inputs import model_inputs
 
 
 class LinearNLL(torch.autograd.Function):
@@ -95,11 +96,13 @@ def linear_nll(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chu
     return LinearNLL.apply(x, weight, bias, targets, int(chunk))
 
 
-def _loss_rows(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(hidden rows [N, H] of the positions with a next-token target, their targets [N], their batch rows [N])."""
+def _loss_rows(hidden: torch.Tensor, labels: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """(hidden rows [N, H] of the positions with a next-token target, their targets [N], and where they are:
+    (batch rows [N], target positions - 1 [N]))."""
     shift_labels = labels[:, 1:]
     b_idx, t_idx = (shift_labels != IGNORE).nonzero(as_tuple=True)
-    return hidden[b_idx, t_idx], shift_labels[b_idx, t_idx], b_idx
+    return hidden[b_idx, t_idx], shift_labels[b_idx, t_idx], (b_idx, t_idx)
 
 
 def _liger_loss() -> Optional[Any]:
@@ -132,13 +135,19 @@ def chunked_token_nll_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: to
 
 
 def chunked_sequence_logps(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk: int,
-                           bias: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
+                           bias: Optional[torch.Tensor] = None, segments: Optional[torch.Tensor] = None,
+                           num: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``token_ce.sequence_logps`` from hidden states [B, T, H] and the head: per sequence (sum of log p(label)
-    over its target positions [B], number of targets [B])."""
-    x, targets, rows = _loss_rows(hidden, labels)
+    over its target positions [B], number of targets [B]). Packed rows: ``segments`` [B, T] numbers each
+    token's sequence (``token_ce.segment_logps``), and ``num`` sequences are returned."""
+    x, targets, (rows, cols) = _loss_rows(hidden, labels)
     nll = linear_nll(x, weight, targets, chunk, bias) if targets.numel() else x.sum(-1).float() * 0.0
-    logps = torch.zeros(labels.shape[0], dtype=torch.float32, device=hidden.device).index_add(0, rows, -nll)
-    return logps, (labels[:, 1:] != IGNORE).sum(dim=1)
+    if segments is not None:
+        rows = segments[:, 1:][rows, cols]
+    size = labels.shape[0] if segments is None else int(num)
+    logps = torch.zeros(size, dtype=torch.float32, device=hidden.device).index_add(0, rows, -nll)
+    lengths = torch.zeros(size, dtype=torch.long, device=hidden.device).index_add(0, rows, torch.ones_like(rows))
+    return logps, lengths
 
 
 def decoder_hidden(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.nn.Module]:
@@ -159,11 +168,11 @@ def decoder_hidden(model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, t
     if _fsdp_root(model):
         base.set_output_embeddings(torch.nn.Identity())
         try:
-            hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            hidden = model(**model_inputs(batch)).logits
         finally:
             base.set_output_embeddings(head)
         return hidden, head
-    out = decoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    out = decoder(**model_inputs(batch))
     return out.last_hidden_state, head
 
 

@@ -37,3 +37,19 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     nll = F.cross_entropy(logits[:, :-1, :].float().reshape(-1, logits.size(-1)), shift_labels.reshape(-1),
                           ignore_index=IGNORE, reduction="none").view_as(shift_labels)  # 0 where ignored
     return -nll.sum(dim=1), mask.sum(dim=1)
+
+
+def segment_logps(logits: torch.Tensor, labels: torch.Tensor, segments: torch.Tensor,
+                  num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sequence_logps`` for packed rows: ``segments`` [B, T] numbers the sequence of every token (-1 for
+    padding; ``hydralign.data.packing``), and the result is per sequence: ([num] log-probs, [num] target
+    counts). A target belongs to the sequence of its own position (each sequence's first label is ignored)."""
+    shift_labels = labels[:, 1:].reshape(-1)
+    nll = F.cross_entropy(logits[:, :-1, :].float().reshape(-1, logits.size(-1)), shift_labels,
+                          ignore_index=IGNORE, reduction="none")  # 0 where ignored
+    seg = segments[:, 1:].reshape(-1)
+    seg = torch.where(seg >= 0, seg, torch.full_like(seg, num))  # padding into a bin that is dropped
+    logps = torch.zeros(num + 1, dtype=nll.dtype, device=nll.device).index_add(0, seg, -nll)
+    lengths = torch.zeros(num + 1, dtype=torch.long, device=nll.device).index_add(
+        0, seg, (shift_labels != IGNORE).long())
+    return logps[:num], lengths[:num]

@@ -11,20 +11,26 @@ import torch
 
 from hydralign.losses.chunked_ce import chunked_sequence_logps, decoder_hidden
 from hydralign.losses.preference import preference_loss
-from hydralign.losses.token_ce import sequence_logps
+from hydralign.losses.token_ce import segment_logps, sequence_logps
 from hydralign.methods.base import PostTrainingModule
 from hydralign.methods.registry import dpo_needs_reference
+from hydralign.models.inputs import model_inputs
 from hydralign.models.peft import adapters_disabled, is_peft
 
 
 def pair_logps(model: torch.nn.Module, batch: dict,
                chunk: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs and lengths of the batch's 2B rows (chosen rows first), one forward. ``chunk``
-    (``model.loss_chunk_size``): the head and log-softmax over that many loss positions at a time."""
+    """Summed log-probs and lengths of the batch's 2B sequences (chosen first), one forward: padded rows, or
+    packed rows whose ``segments`` say which sequence each token is in. ``chunk`` (``model.loss_chunk_size``):
+    the head and log-softmax over that many loss positions at a time."""
+    segments = batch.get("segments")
+    num = 2 * batch["real"].shape[0] if segments is not None else None
     if chunk:
         hidden, head = decoder_hidden(model, batch)
-        return chunked_sequence_logps(hidden, head.weight, batch["labels"], int(chunk), head.bias)
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return chunked_sequence_logps(hidden, head.weight, batch["labels"], int(chunk), head.bias, segments, num)
+    logits = model(**model_inputs(batch)).logits
+    if segments is not None:
+        return segment_logps(logits, batch["labels"], segments, num)
     return sequence_logps(logits, batch["labels"])
 
 

@@ -35,6 +35,7 @@ class MethodSpec:
     # what a strategy must shard besides the policy (hydralign.strategies.check_strategy).
     held: Optional[Callable[[Any], tuple[str, ...]]] = None
     check: Optional[Callable[[Any], None]] = None  # cfg -> None, raises ConfigError (pure)
+    packing: bool = False  # whether data.packing (padding_free / packed micro-batches) applies
 
     def frozen_models(self, cfg: Any) -> tuple[str, ...]:
         return self.frozen(cfg) if self.frozen else ()
@@ -205,10 +206,11 @@ def _distill_check(cfg: Any) -> None:
 
 
 METHODS: dict[str, MethodSpec] = {
-    "sft": MethodSpec("sft", SFTConfig, data_kind="sft", unit="tokens", module="hydralign.methods.sft:SFTModule"),
+    "sft": MethodSpec("sft", SFTConfig, data_kind="sft", unit="tokens", module="hydralign.methods.sft:SFTModule",
+                      packing=True),
     "dpo": MethodSpec("dpo", DPOConfig, data_kind="preference", unit="pairs",
                       module="hydralign.methods.dpo:DPOModule", sequences_per_example=2,
-                      frozen=_dpo_frozen, held=_dpo_held, check=_dpo_check),
+                      frozen=_dpo_frozen, held=_dpo_held, check=_dpo_check, packing=True),
     "grpo": MethodSpec("grpo", GRPOConfig, data_kind="prompts", unit="sequences",
                        module="hydralign.methods.grpo:GRPOModule", frozen=_grpo_frozen, held=_grpo_held,
                        check=_grpo_check),

@@ -7,6 +7,7 @@ import torch
 from hydralign.losses.chunked_ce import chunked_token_nll_sum, decoder_hidden
 from hydralign.losses.token_ce import token_nll_sum
 from hydralign.methods.base import PostTrainingModule
+from hydralign.models.inputs import model_inputs
 
 
 class SFTModule(PostTrainingModule):
@@ -16,6 +17,6 @@ class SFTModule(PostTrainingModule):
             hidden, head = decoder_hidden(self.model, batch)
             loss_sum, tokens = chunked_token_nll_sum(hidden, head.weight, batch["labels"], int(chunk), head.bias)
             return loss_sum, tokens, {}
-        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = self.model(**model_inputs(batch)).logits
         loss_sum, tokens = token_nll_sum(logits, batch["labels"])
         return loss_sum, tokens, {}
