@@ -38,10 +38,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
-def checkpoint_callbacks(ccfg: Any, ckpt_dir: Path, eval_every: int,
-                         steps_per_epoch: Optional[int] = None) -> tuple[ModelCheckpoint, list]:
+def checkpoint_callbacks(ccfg: Any, ckpt_dir: Path, eval_every: int, steps_per_epoch: Optional[int] = None,
+                         every_n_steps: Optional[int] = None) -> tuple[ModelCheckpoint, list]:
     """(best, all callbacks). best: the top ``checkpoint.keep_best_k`` by ``checkpoint.monitor``; rolling:
-    ``stepNNNNNN.ckpt`` every ``checkpoint.every_n_steps`` steps (default: at each validation) and every
+    ``stepNNNNNN.ckpt`` every ``every_n_steps`` steps (the plan's: checkpoint.every_n_steps, or
+    checkpoint.every_n_episodes converted; default: at each validation) and every
     ``checkpoint.every_n_minutes``, the newest ``keep_last_k`` kept, ``last.ckpt`` linking to the newest.
     Every checkpoint and every validation is recorded in ``checkpoints/index.json``."""
     best = BestCheckpoints(dirpath=ckpt_dir, filename="best-step{step:06d}", monitor=ccfg.monitor,
@@ -49,8 +50,8 @@ def checkpoint_callbacks(ccfg: Any, ckpt_dir: Path, eval_every: int,
                            steps_per_epoch=steps_per_epoch)
     callbacks: list = [best]
     minutes = ccfg.every_n_minutes
-    if ccfg.save_last or ccfg.every_n_steps or minutes:
-        callbacks.append(RollingCheckpoints(ckpt_dir, ccfg.every_n_steps or (eval_every if ccfg.save_last else None),
+    if ccfg.save_last or every_n_steps or minutes:
+        callbacks.append(RollingCheckpoints(ckpt_dir, every_n_steps or (eval_every if ccfg.save_last else None),
                                             minutes, ccfg.keep_last_k, steps_per_epoch, eval_every))
     return best, callbacks
 

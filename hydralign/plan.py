@@ -47,6 +47,7 @@ class RolloutPlan:
     total_episodes: Optional[int]  # budget (null: from trainer.max_steps)
     total_rollouts: Optional[int]
     episodes_per_step: float  # samples_per_rollout / steps_per_rollout (generated once per rollout)
+    checkpoint_every_n_episodes: Optional[int] = None  # checkpoint.every_n_episodes (Plan.checkpoint_every_n_steps)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class Plan:
     num_parameters: Optional[float] = None  # model.num_parameters, as the model card states it
     memory: Optional[MemoryEstimate] = None  # per device, from the config (hydralign.memory); None: size unknown
     rollout: Optional[RolloutPlan] = None  # online RL (data kind prompts): the batch hierarchy
+    checkpoint_every_n_steps: Optional[int] = None  # rolling checkpoints (checkpoint.every_n_steps or _episodes)
     packing: str = "none"  # none | padding_free | packed (hydralign.data.packing)
     max_tokens_per_micro: Optional[int] = None  # packed: tokens per row; batch sizes then count rows
 
@@ -237,6 +239,37 @@ def _rollout_steps(cfg: Any, rollout: RolloutPlan) -> int:
     return int(max_steps)
 
 
+def _checkpoint_steps(cfg: Any, method: str, rollout: Optional[RolloutPlan], eval_every: int) -> Optional[int]:
+    """Optimizer steps between rolling checkpoints: checkpoint.every_n_steps, or checkpoint.every_n_episodes
+    converted for an online method. An episode is one sampled completion, generated once per rollout batch, so
+    a step is ``samples_per_rollout / steps_per_rollout`` episodes (the mini-batch of all devices when
+    num_iterations is 1). Those steps must be whole and validated, else ``<run>:best`` could not pick them."""
+    steps, episodes = _get(cfg, "checkpoint.every_n_steps"), _get(cfg, "checkpoint.every_n_episodes")
+    if episodes is None:
+        return int(steps) if steps is not None else None
+    episodes = int(episodes)
+    if steps is not None:
+        raise ConfigError(f"give checkpoint.every_n_steps ({steps}) or checkpoint.every_n_episodes ({episodes}), "
+                          "not both: set the other to null")
+    if rollout is None:
+        raise ConfigError(f"checkpoint.every_n_episodes={episodes} counts the episodes of an online method "
+                          f"(method=grpo); method={method} trains on fixed data: use checkpoint.every_n_steps")
+    per_rollout, steps_per = rollout.samples_per_rollout, rollout.steps_per_rollout
+    unit = per_rollout // math.gcd(per_rollout, steps_per)  # the fewest episodes that are whole steps
+    if episodes < 1 or episodes % unit:
+        up = max(unit, -(-episodes // unit) * unit)
+        raise ConfigError(f"checkpoint.every_n_episodes={episodes} is not a whole number of optimizer steps of "
+                          f"{rollout.episodes_per_step:g} episodes each (rollout batch {per_rollout} samples / "
+                          f"{steps_per} steps per rollout); use a multiple of {unit}, e.g. "
+                          f"checkpoint.every_n_episodes={up}")
+    n = episodes * steps_per // per_rollout
+    if n % eval_every:
+        raise ConfigError(f"checkpoint.every_n_episodes={episodes} is every {n} optimizer steps, but eval.every_n_steps="
+                          f"{eval_every} does not divide {n}: a checkpoint at a step without validation cannot be "
+                          f"picked by :best; set eval.every_n_steps={n} (or a divisor of it)")
+    return n
+
+
 def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     """Derive and check every size. ``num_train_examples`` is the loaded train split's size; without
     it the plan uses what the config knows (synthetic task size, ``data.num_examples``)."""
@@ -371,6 +404,9 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     optimizer = _get(cfg, "optimizer.name", OptimizerConfig.name)
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name={optimizer} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
+    ckpt_every = _checkpoint_steps(cfg, spec.name, rollout, every)
+    if rollout is not None and ckpt_every is not None and _get(cfg, "checkpoint.every_n_episodes") is not None:
+        rollout = replace(rollout, checkpoint_every_n_episodes=int(_get(cfg, "checkpoint.every_n_episodes")))
     sequences = 1 if packing == "packed" else spec.sequences_per_example  # a packed row is one sequence
     row_len = row_tokens if packing == "packed" else max_seq_len
     inputs = memory_inputs(cfg, micro, sequences, spec.held_models(cfg), spec.name, seq_len=row_len)
@@ -385,6 +421,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         epochs=epochs, warmup_steps=warmup, lr=lr, schedule=schedule, eval_every_n_steps=every,
         seed=seed, num_parameters=_get(cfg, "model.num_parameters"),
         memory=estimate_memory(inputs) if inputs is not None else None, rollout=rollout,
+        checkpoint_every_n_steps=ckpt_every,
         packing=packing, max_tokens_per_micro=row_tokens if packing == "packed" else None,
     )
 
@@ -482,4 +519,7 @@ def format_rollout(r: Optional[RolloutPlan]) -> list[tuple[str, Any]]:
                               "iterations"),
         ("episodes", f"{episodes} (generated once per rollout; {r.episodes_per_step:g} per optimizer step)"),
         ("max completion length", f"{r.max_completion_length} tokens, loss type {r.loss_type}"),
-    ]
+    ] + ([("checkpoints", f"every {r.checkpoint_every_n_episodes} episodes = "
+                          f"{round(r.checkpoint_every_n_episodes / r.episodes_per_step)} optimizer steps x "
+                          f"{r.episodes_per_step:g} episodes, each validated (pick one with init_from=<run>:best)")]
+         if r.checkpoint_every_n_episodes is not None else [])

@@ -138,7 +138,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     data.plan = plan
 
     best_cb, ckpt_cbs = checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints", plan.eval_every_n_steps,
-                                             plan.steps_per_epoch)
+                                             plan.steps_per_epoch, plan.checkpoint_every_n_steps)
     from hydralign.pruning import pruning_callback
 
     pruning = pruning_callback(cfg.optimized_metric)  # a job of an Optuna sweep: report, maybe stop early

@@ -282,6 +282,9 @@ class CheckpointConfig:
     # (null: at each validation) and every_n_minutes (null: none; DeepSeek lost at most 5 minutes), the
     # newest keep_last_k kept, last.ckpt links to the newest.
     every_n_steps: Optional[int] = None
+    # Online methods (GRPO): every N episodes (samples), converted by the plan to whole optimizer steps and
+    # validated there, so <run>:best can pick among them (null: none; not with every_n_steps).
+    every_n_episodes: Optional[int] = None
     every_n_minutes: Optional[float] = None
     keep_last_k: int = 3
     keep_best_k: int = 1  # best-stepNNNNNN.ckpt: the top K by monitor (what <run>:best can pick from)

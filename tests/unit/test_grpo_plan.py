@@ -75,3 +75,36 @@ def test_tulu3_rlvr_card_hierarchy():
     text = format_plan(plan)
     assert "224 = rollout 224 / 1 mini-batches = 7 devices x local 32" in text
     assert "10000000 budget -> 44642 rollout batches x 224" in text
+    assert plan.checkpoint_every_n_steps == 100 == plan.eval_every_n_steps  # --save_freq 100, each validated
+    assert "every 22400 episodes = 100 optimizer steps x 224 episodes" in text
+
+
+def test_checkpoints_every_n_episodes_become_validated_steps():
+    """16 prompts x 8 = 128 episodes per rollout; 2 mini-batches x 2 iterations = 4 steps of 32 episodes each."""
+    base = ["method=grpo", "method.prompts_per_step=16", "method.num_generations=8", "trainer.max_steps=80"]
+    plan = make_plan(compose_cfg(base + ["checkpoint.every_n_episodes=1280", "eval.every_n_steps=5"]))
+    assert plan.checkpoint_every_n_steps == 10 and plan.rollout.checkpoint_every_n_episodes == 1280
+    assert "every 1280 episodes = 10 optimizer steps x 128 episodes, each validated" in format_plan(plan)
+    plan = make_plan(compose_cfg(base + ["method.num_mini_batches=2", "method.num_iterations=2",
+                                         "checkpoint.every_n_episodes=96", "eval.every_n_steps=3"]))
+    assert plan.checkpoint_every_n_steps == 3 and plan.rollout.episodes_per_step == 32
+    assert make_plan(compose_cfg(base + ["checkpoint.every_n_steps=7"])).checkpoint_every_n_steps == 7
+    assert make_plan(compose_cfg(base)).checkpoint_every_n_steps is None
+
+
+GRPO_16x8 = ["method=grpo", "method.prompts_per_step=16", "method.num_generations=8"]
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (GRPO_16x8 + ["checkpoint.every_n_episodes=200"],
+     r"every_n_episodes=200 is not a whole number of optimizer steps of 128 episodes .*multiple of 128, e.g. "
+     r"checkpoint.every_n_episodes=256"),
+    (GRPO_16x8 + ["checkpoint.every_n_episodes=1280", "eval.every_n_steps=4"],
+     r"every_n_episodes=1280 is every 10 optimizer steps, but eval.every_n_steps=4 does not divide 10"),
+    (GRPO_16x8 + ["checkpoint.every_n_episodes=1280", "checkpoint.every_n_steps=10"],
+     r"checkpoint.every_n_steps \(10\) or checkpoint.every_n_episodes \(1280\), not both"),
+    (["checkpoint.every_n_episodes=1280"], r"every_n_episodes=1280 counts the episodes .* method=sft"),
+])
+def test_checkpoints_every_n_episodes_refusals(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        make_plan(compose_cfg(overrides))
