@@ -3,6 +3,11 @@
 ``method.rewards`` maps verifier names to weights, e.g. ``{exact_answer: 1.0, format: 0.2}``. A verifier
 that raises on a sample scores it 0 and is counted (``score`` returns the errors per verifier); it never
 stops the run. Pure: no torch, so the plan can check names before anything heavy loads.
+
+Per-source verifiers (Tulu 3 RLVR: GSM8K by its last number, MATH by its boxed answer): a prompt record may
+carry its source in a ``dataset`` field (open-instruct's RLVR column); its answer key then is an
+``AnswerKey``, a ``str`` that remembers the source, and ``method.rewards_by_source`` (source -> {verifier:
+weight}) routes each sample to its source's table (without case), falling back to ``method.rewards``.
 """
 
 from __future__ import annotations
@@ -15,6 +20,29 @@ from hydralign.errors import ConfigError
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 DEFAULT_FORMAT = r"(?s)^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$"  # DeepSeek-R1's think/answer tags
+
+
+SOURCE_FIELD = "dataset"  # the record field naming a prompt's source (open-instruct's RLVR data)
+
+
+class AnswerKey(str):
+    """A verifier's answer key that knows which source (data set) its prompt came from. A ``str`` to every
+    template, tokenizer and verifier; the source rides along to the rollout, which routes on it."""
+
+    source: Optional[str]
+
+    def __new__(cls, text: str, source: Optional[str] = None) -> AnswerKey:
+        key = super().__new__(cls, text)
+        key.source = source
+        return key
+
+    def __reduce__(self):  # data-loader workers pickle it: keep the source
+        return AnswerKey, (str(self), self.source)
+
+
+def source_of(reference: str) -> Optional[str]:
+    """The source an answer key carries (None for a plain string)."""
+    return getattr(reference, "source", None)
 
 
 def exact_answer(completion: str, reference: str) -> float:
@@ -81,36 +109,81 @@ REWARDS: dict[str, Callable[..., float]] = {
 }
 
 
-def check_rewards(weights: Mapping[str, float]) -> None:
-    """Raise ConfigError for an empty table, an unknown name or a non-numeric weight."""
+def check_rewards(weights: Mapping[str, float], key: str = "method.rewards") -> None:
+    """Raise ConfigError (naming ``key``) for an empty table, an unknown name or a non-numeric weight."""
     if not weights:
-        raise ConfigError(f"method.rewards is empty; give verifiers and weights, e.g. method.rewards="
+        raise ConfigError(f"{key} is empty; give verifiers and weights, e.g. {key}="
                           f"{{exact_answer: 1.0}} (available: {', '.join(REWARDS)})")
     unknown = [n for n in weights if n not in REWARDS]
     if unknown:
-        raise ConfigError(f"method.rewards names unknown verifiers {unknown}; choose from {', '.join(REWARDS)}")
+        raise ConfigError(f"{key} names unknown verifiers {unknown}; choose from {', '.join(REWARDS)}")
     for name, w in weights.items():
         try:
             float(w)
         except (TypeError, ValueError):
-            raise ConfigError(f"method.rewards.{name}={w} must be a number (its weight)") from None
+            raise ConfigError(f"{key}.{name}={w} must be a number (its weight)") from None
+
+
+def check_rewards_by_source(table: Mapping[str, Mapping[str, float]]) -> None:
+    """``method.rewards_by_source``: each source a non-empty name with a table ``check_rewards`` accepts."""
+    for source, weights in table.items():
+        key = f"method.rewards_by_source.{source}"
+        if not str(source).strip():
+            raise ConfigError("method.rewards_by_source has an empty source name; use the values of the records' "
+                              f"'{SOURCE_FIELD}' field, e.g. method.rewards_by_source={{gsm8k: {{last_number: 1.0}}}}")
+        if not isinstance(weights, Mapping):
+            raise ConfigError(f"{key}={weights} must map verifiers to weights, e.g. {key}={{last_number: 1.0}}")
+        check_rewards(weights, key)
+
+
+def verifier_names(weights: Mapping[str, float], by_source: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """Every verifier any sample may be scored by: the default table's, then each source's new ones."""
+    names = list(weights)
+    for table in by_source.values():
+        names += [n for n in table if n not in names]
+    return names
+
+
+def max_reward(weights: Mapping[str, float]) -> float:
+    """The best total a table can give (the sum of its positive weights): what counts as fully right."""
+    return sum(float(w) for w in weights.values() if float(w) > 0)
+
+
+def route(sources: list[Optional[str]], weights: Mapping[str, float],
+          by_source: Optional[Mapping[str, Mapping[str, float]]] = None) -> list[Mapping[str, float]]:
+    """Each sample's verifier table: its source's in ``by_source``, else ``weights``. Sources compare without
+    case, as open-instruct's ``dataset.lower()`` (its mixture says ``MATH``, its verifier ``math``)."""
+    tables = {str(k).lower(): v for k, v in (by_source or {}).items()}
+    return [tables.get(s.lower(), weights) if s is not None else weights for s in sources]
 
 
 def score(completions: list[str], references: list[str], weights: Mapping[str, float],
-          format_pattern: Optional[str] = None) -> tuple[list[float], dict[str, list[float]], dict[str, int]]:
-    """(weighted total per sample, {verifier: raw score per sample}, {verifier: samples it raised on})."""
-    per: dict[str, list[float]] = {}
+          format_pattern: Optional[str] = None, by_source: Optional[Mapping[str, Mapping[str, float]]] = None,
+          sources: Optional[list[Optional[str]]] = None
+          ) -> tuple[list[float], dict[str, list[Optional[float]]], dict[str, int]]:
+    """(weighted total per sample, {verifier: raw score per sample, None where the sample's table does not
+    have it}, {verifier: samples it raised on}). Each sample is scored by ``route``'s table for its source
+    (``sources`` default: each reference's own, see ``AnswerKey``)."""
+    by_source = by_source or {}
+    if sources is None:
+        sources = [source_of(r) for r in references]
+    tables = route(sources, weights, by_source)
+    per: dict[str, list[Optional[float]]] = {}
     errors: dict[str, int] = {}
-    for name in weights:
+    for name in verifier_names(weights, by_source):
         fn = REWARDS[name]
         kwargs = {"pattern": format_pattern} if fn is format_reward and format_pattern else {}
-        values, bad = [], 0
-        for completion, reference in zip(completions, references):
+        values: list[Optional[float]] = []
+        bad = 0
+        for completion, reference, table in zip(completions, references, tables):
+            if name not in table:
+                values.append(None)
+                continue
             try:
                 values.append(float(fn(completion, reference, **kwargs)))
             except Exception:  # a broken verifier scores 0 and is counted, never stops training
                 values.append(0.0)
                 bad += 1
         per[name], errors[name] = values, bad
-    totals = [sum(float(weights[n]) * per[n][i] for n in weights) for i in range(len(completions))]
+    totals = [sum(float(w) * per[n][i] for n, w in table.items()) for i, table in enumerate(tables)]
     return totals, per, errors

@@ -134,6 +134,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     module_cls.check_before_models(cfg, tokenizer)  # e.g. a teacher with another tokenizer: refused before loading
     data = PostTrainingData(cfg, tokenizer, template, kind=spec.data_kind, unit=spec.unit)
     data.load()
+    module_cls.check_data(cfg, data)  # e.g. a routed source no record has: refused before any model loads
     plan = make_plan(cfg, num_train_examples=data.num_train_items)
     data.plan = plan
 

@@ -99,6 +99,8 @@ class GRPOConfig(MethodConfig):
     beta: float = 0.0  # KL to the reference (k3); 0: no reference loaded
     mask_truncated_completions: bool = False  # completions that hit max_completion_length add no loss
     rewards: dict[str, float] = field(default_factory=lambda: {"exact_answer": 1.0})  # verifier: weight
+    # source (a prompt record's `dataset` field) -> {verifier: weight}; other sources use `rewards`
+    rewards_by_source: dict[str, dict[str, float]] = field(default_factory=dict)
     format_pattern: Optional[str] = None  # the format verifier's regex (null: <think>..</think><answer>..</answer>)
     completion_only: bool = True  # validation loss on the reference answers' tokens only
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydralign.errors import DataError
+from hydralign.rewards import SOURCE_FIELD, AnswerKey
 
 ROLES = ("system", "user", "assistant")
 
@@ -104,17 +105,27 @@ def _as_turns(value: Any, role: str, origin: str, field: str) -> list[dict]:
                     f"found {type(value).__name__}")
 
 
+def _with_source(messages: list[dict], record: dict) -> list[dict]:
+    source = record.get(SOURCE_FIELD)
+    if isinstance(source, str) and source:
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        messages[last] = {**messages[last], "content": AnswerKey(messages[last]["content"], source)}
+    return messages
+
+
 def to_messages(record: Any, origin: str, fields: Fields) -> list[dict]:
-    """One raw record -> chat messages. ``prompt``/``completion`` becomes a user and an assistant turn."""
+    """One raw record -> chat messages. ``prompt``/``completion`` becomes a user and an assistant turn. A
+    string ``dataset`` field (open-instruct's RLVR data) makes the last assistant turn an ``AnswerKey`` that
+    carries it, so online RL can route the sample to that source's verifiers (``method.rewards_by_source``)."""
     if not isinstance(record, dict):
         raise DataError(f"{origin}: expected a JSON object, found {type(record).__name__}")
     if fields.messages in record:
-        return _check_messages(record[fields.messages], origin, fields.messages)
+        return _with_source(_check_messages(record[fields.messages], origin, fields.messages), record)
     has_p, has_c = fields.prompt in record, fields.completion in record
     if has_p and has_c:
         turns = (_as_turns(record[fields.prompt], "user", origin, fields.prompt)
                  + _as_turns(record[fields.completion], "assistant", origin, fields.completion))
-        return _check_messages(turns, origin, f"{fields.prompt}+{fields.completion}")
+        return _with_source(_check_messages(turns, origin, f"{fields.prompt}+{fields.completion}"), record)
     missing = fields.completion if has_p else fields.prompt if has_c else None
     if missing:
         raise DataError(f"{origin}: missing field '{missing}'; fields found: {sorted(record)}")

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from hydralign.data.batching import EpochPermutation
 from hydralign.data.tokenize import GenerationExample
 from hydralign.plan import RolloutPlan
+from hydralign.rewards import source_of
 
 
 class RolloutSchedule:
@@ -47,7 +48,8 @@ class RolloutSchedule:
 
 class RolloutMicroBatches(Dataset):
     """Item i = this rank's i-th micro-batch of training: where it sits in the hierarchy, and the prompts
-    (token ids) and answer keys of its rollout batch (the module samples them once per rollout)."""
+    (token ids), answer keys and sources (``hydralign.rewards.AnswerKey``; None without one) of its rollout
+    batch (the module samples them once per rollout)."""
 
     def __init__(self, prompts: list[GenerationExample], schedule: RolloutSchedule, total_steps: int):
         self.prompts, self.schedule = prompts, schedule
@@ -59,6 +61,6 @@ class RolloutMicroBatches(Dataset):
     def __getitem__(self, index: int) -> dict:
         item = self.schedule.micro_batch(index)
         chosen = [self.prompts[i] for i in self.schedule.prompts(item["rollout"])]
-        item.update(prompt_ids=[e.prompt_ids for e in chosen], references=[e.reference for e in chosen],
-                    split="train")
+        item.update(prompt_ids=[e.prompt_ids for e in chosen], references=[str(e.reference) for e in chosen],
+                    sources=[source_of(e.reference) for e in chosen], split="train")
         return item

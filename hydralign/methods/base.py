@@ -47,6 +47,11 @@ class PostTrainingModule(L.LightningModule):
         student's). ``hydralign.train`` runs them before any data or model loads. None by default."""
 
     @classmethod
+    def check_data(cls, cfg: Any, data: Any) -> None:
+        """Checks that need the loaded data but no model (GRPO: every routed source occurs in it).
+        ``hydralign.train`` runs them right after the data loads. None by default."""
+
+    @classmethod
     def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:
         """Frozen models this method needs (keyword arguments of its constructor), built from the
         initial policy; kept out of the checkpoint and the optimizer. None by default."""

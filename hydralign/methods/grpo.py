@@ -19,11 +19,12 @@ from typing import Any, Optional
 
 import torch
 
+from hydralign.errors import ConfigError
 from hydralign.losses.grpo import aggregate, group_advantages, per_token_loss, unit_count
 from hydralign.losses.token_ce import sequence_logps
 from hydralign.methods.base import PostTrainingModule
 from hydralign.models.peft import adapters_disabled, is_peft
-from hydralign.rewards import score
+from hydralign.rewards import max_reward, route, score, source_of, verifier_names
 
 
 @dataclass
@@ -38,8 +39,10 @@ class Rollout:
     advantages: torch.Tensor  # [N]
     old_logps: Optional[torch.Tensor]  # [N, T] at sampling time (when the policy moves within the rollout)
     ref_logps: Optional[torch.Tensor]  # [N, T] (beta > 0)
-    sample_metrics: dict[str, torch.Tensor]  # name -> [N] per-sample values (means over samples)
-    mini_units: torch.Tensor  # [minis, 3]: loss units, samples, loss tokens of each mini-batch, all ranks
+    sample_metrics: dict[str, tuple[torch.Tensor, int]]  # name -> ([N] per-sample values, mini_units column
+    # of the count it is a mean over: 1 samples; 3 + i the samples routed to verifier i)
+    mini_units: torch.Tensor  # [minis, 3 + V]: loss units, samples, loss tokens, then the samples each
+    # verifier scored, of each mini-batch, all ranks
 
 
 def position_ids(attention: torch.Tensor) -> torch.Tensor:
@@ -64,7 +67,9 @@ class GRPOModule(PostTrainingModule):
         self._generation_s = 0.0
         m, r = self.cfg.method, self.plan.rollout
         self.weights = {str(k): float(v) for k, v in dict(m.rewards).items()}
-        self.max_reward = sum(w for w in self.weights.values() if w > 0)
+        self.by_source = {str(src): {str(k): float(v) for k, v in dict(table).items()}
+                          for src, table in dict(m.get("rewards_by_source") or {}).items()}
+        self.verifiers = verifier_names(self.weights, self.by_source)
         # Old log-probs are the sampling policy's: needed once the policy moves within a rollout batch.
         self.keep_old = r.steps_per_rollout > 1
 
@@ -76,6 +81,19 @@ class GRPOModule(PostTrainingModule):
         reference = copy.deepcopy(policy).eval()
         reference.requires_grad_(False)
         return {"reference": reference}
+
+    @classmethod
+    def check_data(cls, cfg: Any, data: Any) -> None:
+        """Every source in method.rewards_by_source must be some train prompt's source (a misspelled one
+        would silently score its samples with method.rewards), checked before any model loads."""
+        table = dict(cfg.method.get("rewards_by_source") or {})
+        if not table:
+            return
+        found = sorted({s for s in (source_of(e.reference) for e in data.train_examples) if s is not None})
+        for src in table:
+            if str(src).lower() not in {s.lower() for s in found}:
+                raise ConfigError(f"method.rewards_by_source.{src} matches no train prompt's source; the data's "
+                                  f"sources (its records' 'dataset' field): {found or 'none'}")
 
     def on_fit_start(self) -> None:
         dtype = next(self.model.parameters()).dtype
@@ -132,7 +150,10 @@ class GRPOModule(PostTrainingModule):
         texts = [self.tokenizer.decode(row[:int(k)].tolist(), skip_special_tokens=True)
                  for row, k in zip(completion, first)]
         refs = [ref for ref in batch["references"] for _ in range(r.generations_per_prompt)]
-        totals, per, errors = score(texts, refs, self.weights, m.format_pattern)
+        sources = [src for src in batch.get("sources") or [None] * len(batch["references"])
+                   for _ in range(r.generations_per_prompt)]
+        totals, per, errors = score(texts, refs, self.weights, m.format_pattern, self.by_source, sources)
+        best = [max_reward(table) for table in route(sources, self.weights, self.by_source)]
         rewards = torch.tensor(totals, dtype=torch.float32, device=self.device)
         advantages = group_advantages(rewards, r.generations_per_prompt, m.scale_rewards)
         if m.scale_rewards == "batch" and plan.world_size > 1:  # the std of the whole rollout batch, all ranks
@@ -157,21 +178,24 @@ class GRPOModule(PostTrainingModule):
                                        for i in range(0, n, micro)])
 
         local = r.mini_batch_samples_per_device
+        scored = {name: [v is not None for v in per[name]] for name in self.verifiers}
         mini_units = torch.tensor([[unit_count(loss_mask[j:j + local], r.loss_type, r.max_completion_length),
                                     float(local), float(loss_mask[j:j + local].sum())]
+                                   + [float(sum(scored[name][j:j + local])) for name in self.verifiers]
                                    for j in range(0, n, local)], dtype=torch.float64, device=self.device)
         if plan.world_size > 1:
             mini_units = self.trainer.strategy.reduce(mini_units, reduce_op="sum")
         lengths = completion_mask.sum(dim=1).float()
         f = lambda xs: torch.tensor(xs, dtype=torch.float32, device=self.device)  # noqa: E731
-        metrics = {"rewards/mean": rewards, "rewards/std": reward_std.expand(n)}
-        for name in self.weights:
-            metrics[f"rewards/{name}/mean"] = f(per[name])
-            metrics[f"rewards/{name}/errors"] = f([float(errors[name])] * n)  # samples it raised on, this rollout
+        metrics = {"rewards/mean": (rewards, 1), "rewards/std": (reward_std.expand(n), 1)}
+        for i, name in enumerate(self.verifiers):  # each verifier's mean over the samples routed to it
+            metrics[f"rewards/{name}/mean"] = (f([0.0 if v is None else v for v in per[name]]), 3 + i)
+            metrics[f"rewards/{name}/errors"] = (f([float(errors[name])] * n), 1)  # samples it raised on, this rollout
+        right = [b > 0 and t >= b - 1e-9 for t, b in zip(totals, best)]  # the sample's own table's best total
         metrics.update({
-            "accuracy": (rewards >= self.max_reward - 1e-9).float() if self.max_reward > 0 else torch.zeros(n, device=self.device),
-            "completion_length": lengths, "truncated_fraction": (~stopped).float(),
-            "episodes": torch.full((n,), float((batch["rollout"] + 1) * r.samples_per_rollout), device=self.device),
+            "accuracy": (f([float(x) for x in right]), 1), "completion_length": (lengths, 1),
+            "truncated_fraction": ((~stopped).float(), 1),
+            "episodes": (torch.full((n,), float((batch["rollout"] + 1) * r.samples_per_rollout), device=self.device), 1),
         })
         self._generation_s = generated - started
         return Rollout(batch["rollout"], ids, attention, positions, width, completion, loss_mask, advantages,
@@ -218,11 +242,12 @@ class GRPOModule(PostTrainingModule):
                                                  float(m.beta))
         mask = ro.loss_mask[sl]
         loss_sum, _ = aggregate(token_loss, mask, r.loss_type, r.max_completion_length)
-        units, samples, tokens = (float(v) for v in ro.mini_units[batch["mini"]])
-        per_sample, per_token = max(units, 1.0) / samples, max(units, 1.0) / max(tokens, 1.0)
+        counts = [float(v) for v in ro.mini_units[batch["mini"]]]
+        units, tokens = max(counts[0], 1.0), counts[2]
+        per_token = units / max(tokens, 1.0)
         fm = mask.float()
-        with torch.no_grad():
-            metrics = {k: v[sl].sum() * per_sample for k, v in ro.sample_metrics.items()}
+        with torch.no_grad():  # sums the base divides by the step's units: means over their own counts
+            metrics = {k: v[sl].sum() * (units / max(counts[col], 1.0)) for k, (v, col) in ro.sample_metrics.items()}
             metrics["clip_fraction"] = (clipped.float() * fm).sum() * per_token
             metrics["kl"] = (kl * fm).sum() * per_token if kl is not None else torch.zeros((), device=fm.device)
         return loss_sum, torch.tensor(float(e - s)), metrics

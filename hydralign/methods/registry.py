@@ -124,7 +124,7 @@ def _grpo_held(cfg: Any) -> tuple[str, ...]:
 
 
 def _grpo_check(cfg: Any) -> None:
-    from hydralign.rewards import check_rewards
+    from hydralign.rewards import check_rewards, check_rewards_by_source
 
     loss_type = _get(cfg, "method.loss_type", "dapo")
     if loss_type not in GRPO_LOSS_TYPES:
@@ -151,6 +151,8 @@ def _grpo_check(cfg: Any) -> None:
         raise ConfigError(f"method.temperature={_get(cfg, 'method.temperature')} must be > 0")
     rewards = _get(cfg, "method.rewards", {"exact_answer": 1.0})
     check_rewards({str(k): v for k, v in dict(rewards).items()})
+    by_source = _get(cfg, "method.rewards_by_source", {})
+    check_rewards_by_source({str(k): (dict(v) if hasattr(v, "items") else v) for k, v in dict(by_source).items()})
 
 
 DISTILL_LOSSES = ("forward_kl", "reverse_kl", "jsd", "seqkd", "minillm")

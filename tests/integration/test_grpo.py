@@ -3,9 +3,14 @@ raises on some samples scores them 0, is counted, and does not stop the run."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 from lightning.pytorch.callbacks import Callback
 
 from hydralign import rewards as R
+from hydralign.errors import ConfigError
 from hydralign.train import run
 from tests.helpers import tiny_cfg
 
@@ -67,20 +72,72 @@ def test_a_raising_verifier_scores_zero_and_the_run_goes_on(sft_trained, tmp_pat
         assert abs(s["rewards/mean"] - 1.5 * s["rewards/exact_answer/mean"]) < 1e-6
 
 
-def test_tulu3_rlvr_card_trains_at_tiny_scale(tmp_path):
-    """The card's method settings (beta 0.05 with a frozen reference, masked truncations, its verifiers, a
-    total_episodes budget) run for real on the tiny model: 2 rollout batches of 4 prompts x 8."""
-    shrink = ["experiment=tulu3_8b_rlvr", "model=tiny", "model.name=tiny", "model.name_or_path=null", "hardware=cpu",
-              "hardware.devices_per_node=1", "batch.micro=16", "data=arithmetic", "data.max_seq_len=64",
-              "data.arithmetic.num_train=64", "data.arithmetic.num_val=8", "method.prompts_per_step=4",
-              "method.total_episodes=64", "method.max_completion_length=6", "eval.max_new_tokens=6",
-              "eval.num_generate=4", "eval.batch_size=4", "eval.every_n_steps=2", "checkpoint.every_n_steps=null",
-              "checkpoint.export_hf=false", "logger=none", "trainer.log_every_n_steps=1"]
-    rec = Rewards()
-    metrics = run(tiny_cfg(tmp_path, shrink), callbacks=[rec])
+def tulu_shaped_files(tmp_path: Path) -> list[str]:
+    """Records shaped like the card's data (messages = the user turn, ground_truth, dataset), a third each of
+    GSM8K, MATH and IFEval, as data=jsonl overrides."""
+    sources = ["gsm8k", "MATH", "ifeval"]
+    for name, n in (("train", 64), ("val", 8)):
+        with open(tmp_path / f"{name}.jsonl", "w") as fh:
+            for i in range(n):
+                fh.write(json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}="}],
+                                     "ground_truth": str(2 * i), "dataset": sources[i % 3]}) + "\n")
+    return ["data=jsonl", f"data.train_files=[{tmp_path / 'train.jsonl'}]", f"data.val_files=[{tmp_path / 'val.jsonl'}]",
+            "data.max_seq_len=64", "data.messages_field=no_messages_field", "data.prompt_field=messages",
+            "data.completion_field=ground_truth"]
+
+
+TULU_TINY = ["experiment=tulu3_8b_rlvr", "model=tiny", "model.name=tiny", "model.name_or_path=null", "hardware=cpu",
+             "hardware.devices_per_node=1", "batch.micro=16", "method.prompts_per_step=4", "method.total_episodes=64",
+             "method.max_completion_length=6", "eval.max_new_tokens=6", "eval.num_generate=4", "eval.batch_size=4",
+             "checkpoint.export_hf=false", "logger=none", "trainer.log_every_n_steps=1"]
+
+
+class Routed(Callback):
+    """Each rollout batch's prompt sources and per-sample rewards."""
+
+    def __init__(self):
+        self.rollouts: list[tuple[list, list[float]]] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch["first_step"] and batch["samples"][0] == 0:
+            self.rollouts.append((list(batch["sources"]), module._rollout.sample_metrics["rewards/mean"][0].tolist()))
+
+
+def test_tulu3_rlvr_card_trains_at_tiny_scale_routing_each_source(tmp_path, monkeypatch):
+    """The card's method settings (beta 0.05 with a frozen reference, masked truncations, a total_episodes budget,
+    checkpoints every N episodes) run for real on the tiny model: 2 rollout batches of 4 prompts x 8. Each sample
+    is scored by its source's verifiers (stand-ins with known values): GSM8K 1.0, MATH 0.25, IFEval 0 (the
+    fallback table's exact_answer weighs 0). Checkpoints every 32 episodes (1 step) are validated: :best picks one."""
+    monkeypatch.setitem(R.REWARDS, "last_number", lambda completion, reference: 1.0)
+    monkeypatch.setitem(R.REWARDS, "boxed", lambda completion, reference: 0.25)
+    monkeypatch.setitem(R.REWARDS, "exact_answer", lambda completion, reference: 0.5)
+    rec, routed = Rewards(), Routed()
+    metrics = run(tiny_cfg(tmp_path, TULU_TINY + tulu_shaped_files(tmp_path) + [
+        "checkpoint.every_n_episodes=32", "eval.every_n_steps=1", "checkpoint.keep_last_k=5"]), callbacks=[rec, routed])
     assert metrics["train/steps"] == 2 and rec.steps[-1]["episodes"] == 64
-    assert "rewards/last_number/mean" in rec.steps[-1] and "rewards/boxed/mean" in rec.steps[-1]
+    want = {"gsm8k": 1.0, "MATH": 0.25, "ifeval": 0.0}
+    assert len(routed.rollouts) == 2
+    for (sources, rewards), step in zip(routed.rollouts, rec.steps):
+        assert rewards == [want[s] for s in sources for _ in range(8)], (sources, rewards)
+        assert step["rewards/last_number/mean"] == (1.0 if "gsm8k" in sources else 0.0)  # over its own samples
+        assert step["rewards/boxed/mean"] == (0.25 if "MATH" in sources else 0.0)
+        # right = its own table's best total: GSM8K's 1.0 of 1.0, not MATH's 0.25 of 1.0 nor IFEval's 0 of 0
+        assert step["accuracy"] == pytest.approx(sources.count("gsm8k") / 4)
     assert rec.steps[-1]["kl"] >= 0.0
+    index = json.loads((tmp_path / "run" / "checkpoints" / "index.json").read_text())
+    steps = sorted(c["step"] for name, c in index["checkpoints"].items() if name.startswith("step"))
+    assert steps == [1, 2]
+    from hydralign.lineage import forget, resolve_reference
+
+    forget()
+    assert resolve_reference(f"{tmp_path / 'run'}:best").lineage["step"] in ("1", "2")
+
+
+def test_a_routed_source_the_data_lacks_is_refused_before_models_load(tmp_path, monkeypatch):
+    monkeypatch.setattr("hydralign.models.build_model", lambda *a, **k: pytest.fail("a model was built"))
+    with pytest.raises(ConfigError, match=r"method.rewards_by_source.gsm8kk matches no train prompt's source; the "
+                                          r"data's sources .*\['MATH', 'gsm8k', 'ifeval'\]"):
+        run(tiny_cfg(tmp_path, TULU_TINY + tulu_shaped_files(tmp_path) + ["+method.rewards_by_source.gsm8kk.boxed=1"]))
 
 
 class FirstGrads(Callback):

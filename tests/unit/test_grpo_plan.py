@@ -38,6 +38,8 @@ def test_total_episodes_sets_the_steps():
     (["method.loss_type=ppo"], r"loss_type=ppo is unknown"),
     (["method.epsilon_high=0.1"], r"epsilon_high=0.1 is below method.epsilon=0.2"),
     (["+method.rewards.nope=1.0"], r"unknown verifiers \['nope'\]"),
+    (["+method.rewards_by_source.gsm8k.last_number=1.0", "+method.rewards_by_source.math.boxd=1.0"],
+     r"method.rewards_by_source.math names unknown verifiers \['boxd'\]"),
 ])
 def test_refusals_name_both_numbers(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
