@@ -48,6 +48,7 @@ class RolloutPlan:
     total_rollouts: Optional[int]
     episodes_per_step: float  # samples_per_rollout / steps_per_rollout (generated once per rollout)
     checkpoint_every_n_episodes: Optional[int] = None  # checkpoint.every_n_episodes (Plan.checkpoint_every_n_steps)
+    generator_devices: int = 0  # hardware.generator_devices: 0, the learners generate (nothing else runs yet)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,32 @@ GRPO_UNITS = {"grpo": "completions (each its own token mean)", "dapo": "completi
               "dr_grpo": "completions x max_completion_length"}
 
 
+def _generator_devices(cfg: Any, total: int, method: str, data_kind: str) -> int:
+    """hardware.generator_devices: how many of the ``total`` devices only generate (Tulu 3: 1 of 8, with vLLM);
+    the rest are the learners, the world size. Only 0 runs here (the learners generate with HF ``generate``):
+    a separate generator needs a generation server this repository does not have, so any other count is
+    refused, before anything loads, saying what runs instead."""
+    gens = int(_get(cfg, "hardware.generator_devices", 0) or 0)
+    if gens == 0:
+        return 0
+    if gens < 0:
+        raise ConfigError(f"hardware.generator_devices={gens} must be >= 0 (0: the learners generate)")
+    if data_kind != "prompts":
+        raise ConfigError(f"hardware.generator_devices={gens}: method={method} does not generate while training; "
+                          "every device is a learner: set hardware.generator_devices=0")
+    if gens >= total:
+        raise ConfigError(f"hardware.generator_devices={gens} leaves no learner among the {total} devices "
+                          "(hardware.nodes x hardware.devices_per_node)")
+    learners = total - gens
+    nodes = max(1, int(_get(cfg, "hardware.nodes", 1)))
+    same = (f"; for the same {learners} learners set hardware.devices_per_node={learners // nodes} "
+            "hardware.generator_devices=0" if learners % nodes == 0 else "")
+    raise ConfigError(f"hardware.generator_devices={gens} ({learners} learners + {gens} generators of {total} "
+                      "devices) needs a generation server on the generator devices (vLLM, as Tulu 3's 8th GPU), "
+                      "which hydralign does not have. Supported: hardware.generator_devices=0, where every learner "
+                      f"samples its own prompts with Hugging Face generate (KV cache){same}")
+
+
 def _rollout_sizes(cfg: Any, world: int) -> tuple[RolloutPlan, int, int]:
     """(the rollout hierarchy with its totals unset, micro, grad_accum) for a method of data kind prompts.
     Every division checked, both numbers named."""
@@ -284,7 +311,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     devices = int(_get(cfg, "hardware.devices_per_node", 1))
     if nodes < 1 or devices < 1:
         raise ConfigError(f"hardware.nodes={nodes} and hardware.devices_per_node={devices} must both be >= 1")
-    world = nodes * devices
+    world = nodes * devices - _generator_devices(cfg, nodes * devices, spec.name, spec.data_kind)  # the learners
     accelerator = _get(cfg, "hardware.accelerator", "cpu")
     strategy = _get(cfg, "hardware.strategy", "auto")
     precision = str(_get(cfg, "hardware.precision", "32-true"))
@@ -508,6 +535,9 @@ def format_rollout(r: Optional[RolloutPlan]) -> list[tuple[str, Any]]:
                 if r.total_episodes is not None else f"{r.total_rollouts} rollout batches x {r.samples_per_rollout}"
                 " (from trainer.max_steps)")
     return [
+        ("learners / generators", f"{r.mini_batch_samples // r.mini_batch_samples_per_device} learner devices "
+                                  f"(world_size) + {r.generator_devices} generator devices: each learner samples its "
+                                  "own prompts (HF generate, KV cache)"),
         ("rollout batch (samples)", f"{r.samples_per_rollout} = {r.prompts_per_rollout} prompts x "
                                     f"{r.generations_per_prompt} generations ({r.prompts_per_device} prompts per device)"),
         ("mini-batch (samples)", f"{r.mini_batch_samples} = rollout {r.samples_per_rollout} / {r.num_mini_batches} "

@@ -155,6 +155,9 @@ class HardwareConfig:
     gpu: Optional[str] = None  # e.g. A100-80GB, informational and checked against the machine
     nodes: int = 1
     devices_per_node: int = 1
+    # Online RL: how many of the nodes x devices_per_node devices only generate (Tulu 3: 7 learners + 1 vLLM
+    # generator); the others are the learners (world_size). Only 0 runs here: the learners generate.
+    generator_devices: int = 0
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | bf16-true
     device_memory_gb: Optional[float] = None  # memory of one device (GPU presets), for the plan's memory estimate
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed

@@ -110,3 +110,19 @@ GRPO_16x8 = ["method=grpo", "method.prompts_per_step=16", "method.num_generation
 def test_checkpoints_every_n_episodes_refusals(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
         make_plan(compose_cfg(overrides))
+
+
+def test_learners_and_generators():
+    """hardware.generator_devices: 0 (the learners generate) runs and is printed; Tulu's 7 + 1 needs a vLLM
+    generator, which does not exist here: refused in the plan, saying what runs instead."""
+    text = format_plan(make_plan(compose_cfg(["experiment=tulu3_8b_rlvr"])))
+    assert "7 learner devices (world_size) + 0 generator devices: each learner samples its own prompts" in text
+    with pytest.raises(ConfigError, match=r"generator_devices=1 \(7 learners \+ 1 generators of 8 devices\) needs a "
+                                          r"generation server .* hydralign does not have. Supported: hardware."
+                                          r"generator_devices=0.*set hardware.devices_per_node=7"):
+        make_plan(compose_cfg(["experiment=tulu3_8b_rlvr", "hardware.devices_per_node=8",
+                               "hardware.generator_devices=1"]))
+    with pytest.raises(ConfigError, match=r"generator_devices=1: method=sft does not generate while training"):
+        make_plan(compose_cfg(["hardware=8xH100", "hardware.generator_devices=1"]))
+    with pytest.raises(ConfigError, match=r"generator_devices=8 leaves no learner among the 8 devices"):
+        make_plan(compose_cfg(["method=grpo", "hardware=8xH100", "hardware.generator_devices=8"]))
