@@ -23,6 +23,7 @@ COMPAT_KEYS = (
     "model.intermediate_size", "model.max_position_embeddings", "model.tie_word_embeddings",
     "peft.name", "peft.r", "peft.target_modules", "peft.bias", "peft.load_in_4bit",
     "method.name", "batch.effective", "seed",
+    "data.packing", "data.max_tokens_per_micro",  # packed: the schedule draws rows, not examples
 )
 
 

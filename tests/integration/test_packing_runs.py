@@ -49,11 +49,12 @@ def test_padding_free_trains_exactly_like_padded(tmp_path, method):
         assert (free.first_grads[name] - g).abs().max() < 1e-5, name
 
 
-def test_packed_rows_train_and_the_plan_counts_rows(tmp_path, capsys):
-    rec, metrics = _run(tmp_path, "packed", ["data.packing=packed", "data.max_tokens_per_micro=64",
-                                             "batch.micro=2", "batch.effective=4", "trainer.max_steps=12",
-                                             "eval.every_n_steps=12"])
+@pytest.mark.parametrize("method, row", [("sft", 64), ("dpo", 128)])  # a pair needs chosen + rejected
+def test_packed_rows_train_and_the_plan_counts_rows(tmp_path, capsys, method, row):
+    rec, metrics = _run(tmp_path, "packed", [f"method={method}", "data.packing=packed",
+                                             f"data.max_tokens_per_micro={row}", "batch.micro=2", "batch.effective=4",
+                                             "trainer.max_steps=12", "eval.every_n_steps=12"])
     out = capsys.readouterr().out
-    assert "train rows (packed)" in out and "packed (rows of <= 64 tokens" in out
+    assert "train rows (packed)" in out and f"packed (rows of <= {row} tokens" in out
     assert len(rec.losses) == 12 and rec.losses[-1] < rec.losses[0]
-    assert all(shape[0] == 2 and shape[1] <= 64 and pos for shape, pos in rec.shapes)
+    assert all(shape[0] == 2 and shape[1] <= row and pos for shape, pos in rec.shapes)
