@@ -5,7 +5,6 @@ divided once by its units."""
 from __future__ import annotations
 
 import pytest
-from lightning.pytorch.callbacks import Callback
 
 from hydralign.train import run
 from tests.helpers import tiny_cfg
