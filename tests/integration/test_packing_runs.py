@@ -57,3 +57,17 @@ def test_packed_rows_train_and_the_plan_counts_rows(tmp_path, capsys, method, ro
     assert "train rows (packed)" in out and f"packed (rows of <= {row} tokens" in out
     assert len(rec.losses) == 12 and rec.losses[-1] < rec.losses[0]
     assert all(shape[0] == 2 and shape[1] <= row and pos for shape, pos in rec.shapes)
+
+
+def test_packed_steps_do_not_depend_on_how_rows_are_split_into_micro_batches(tmp_path):
+    """Rows are the schedule's items and a step's loss is divided once by its units: 4 rows per step as
+    1 x 4, 2 x 2 or 4 x 1 (micro x accumulation) give the same losses and gradients."""
+    runs = {micro: _run(tmp_path, f"micro{micro}", ["data.packing=packed", "data.max_tokens_per_micro=128",
+                                                     f"batch.micro={micro}", "batch.effective=4",
+                                                     "trainer.max_steps=3", "eval.every_n_steps=3"])[0]
+            for micro in (4, 2, 1)}
+    ref = runs[4]
+    for micro in (2, 1):
+        assert max(abs(a - b) for a, b in zip(runs[micro].losses, ref.losses)) < 1e-5
+        for name, g in ref.first_grads.items():
+            assert (runs[micro].first_grads[name] - g).abs().max() < 1e-5, (micro, name)
