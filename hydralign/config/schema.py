@@ -231,12 +231,12 @@ class DataConfig:
     rejected_field: str = "rejected"
     max_seq_len: int = 128
     overlong: str = "truncate"  # truncate | drop
-    num_examples: Optional[int] = None  # known size of a hub set, lets dry_run count steps
-    num_workers: int = 0
     # none: one padded row per example | padding_free: a micro-batch's examples in one row, attention kept
     # inside each | packed: rows of <= max_tokens_per_micro tokens (best-fit decreasing); batch sizes count rows
     packing: str = "none"
     max_tokens_per_micro: Optional[int] = None  # packed: tokens per row (>= max_seq_len; a pair needs 2x)
+    num_examples: Optional[int] = None  # known size of a hub set, lets dry_run count steps
+    num_workers: int = 0
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
 
 
