@@ -118,6 +118,31 @@ def _flags_first(argv: list[str]) -> list[str]:
     return head + [a for a in rest if a in _FLAGS] + [a for a in rest if a not in _FLAGS]
 
 
+REFERENCE_KEYS = ("init_from", "method.teacher_from", "resume")  # values that may carry a :step=N-like selector
+
+
+def quote_references(args: list[str]) -> list[str]:
+    """``init_from=<run>:step=1000`` (and ``:epoch=N``, ``:best=<metric>,<mode>``) as the README writes them:
+    Hydra's override grammar reads a bare ``=`` or a ``,`` in a value as syntax, so such a value is quoted for
+    it. A comma list of references (a sweep, ``-m init_from=a:step=100,a:step=200``) becomes a list of quoted
+    values; a value already quoted, or one Hydra reads as it is, is left alone."""
+    out = []
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if not eq or key.lstrip("+~") not in REFERENCE_KEYS or "=" not in value or value[:1] in "'\"":
+            out.append(arg)
+            continue
+        pieces: list[str] = []
+        for piece in value.split(","):
+            if pieces and piece in ("min", "max") and ":best=" in pieces[-1]:
+                pieces[-1] += "," + piece  # :best=<metric>,<mode> is one selector
+            else:
+                pieces.append(piece)
+        quoted = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in pieces)
+        out.append(f"{key}={quoted}")
+    return out
+
+
 def unknown_option(args: list[str]) -> Optional[str]:
     """An override that picks a config group option that does not exist (``experiment=misspelled``),
     said with the options that do; None when every one exists. Hydra would stop on it too, but with
@@ -153,6 +178,7 @@ def unknown_option(args: list[str]) -> Optional[str]:
 
 def main() -> None:
     sys.argv = _flags_first(sys.argv)
+    sys.argv = sys.argv[:1] + quote_references(sys.argv[1:])
     problem = unknown_option(sys.argv[1:])
     if problem:
         print(f"hydralign: {problem}", file=sys.stderr, flush=True)
