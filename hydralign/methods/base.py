@@ -10,6 +10,7 @@ optimizer step on all devices, whatever the split into micro-batches.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lightning as L
@@ -56,6 +57,33 @@ class PostTrainingModule(L.LightningModule):
         """Frozen models this method needs (keyword arguments of its constructor), built from the
         initial policy; kept out of the checkpoint and the optimizer. None by default."""
         return {}
+
+    @staticmethod
+    def initial_policy_reference(policy: torch.nn.Module) -> dict[str, torch.nn.Module]:
+        """``{"reference": a frozen copy of the initial policy}`` (DPO, GRPO with a KL term), or nothing under
+        PEFT: there the adapter-disabled policy is the reference (``models.peft.adapters_disabled``), no copy."""
+        from hydralign.models.peft import is_peft
+
+        if is_peft(policy):
+            return {}
+        reference = copy.deepcopy(policy).eval()
+        reference.requires_grad_(False)
+        return {"reference": reference}
+
+    def _frozen_to_device(self) -> None:
+        """Frozen models follow the policy to its device; the reference, a copy of the policy, to its dtype too
+        (a teacher keeps its own). FSDP2 shards already live on their device (``configure_model``)."""
+        if self._sharded:
+            return
+        dtype = next(self.model.parameters()).dtype
+        for name, frozen in self._frozen.items():
+            frozen.to(device=self.device, dtype=dtype if name == "reference" else None)
+
+    def on_fit_start(self) -> None:
+        self._frozen_to_device()
+
+    def on_validation_start(self) -> None:
+        self._frozen_to_device()
 
     def configure_model(self) -> None:
         """hardware.strategy=fsdp: shard the policy (and every frozen model, with no optimizer state) with

@@ -183,17 +183,6 @@ class DistillModule(PostTrainingModule):
         return {"teacher": teacher, "teacher_dir": teacher_dir}
 
     # --- where the teacher lives -----------------------------------------------------------------
-    def _teacher_to_device(self) -> None:
-        teacher = self._frozen.get("teacher")
-        if teacher is not None and not self._sharded:  # FSDP2 shards already live on their device
-            teacher.to(self.device)
-
-    def on_fit_start(self) -> None:
-        self._teacher_to_device()
-
-    def on_validation_start(self) -> None:
-        self._teacher_to_device()
-
     def setup(self, stage: str) -> None:
         if self.loss_name == "seqkd" and self.generations is None:
             self.generations = self._teacher_generations(self.trainer.datamodule)

@@ -4,7 +4,6 @@ a frozen copy, the adapter-disabled policy (PEFT), or a precomputed cache; the l
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional
 
 import torch
@@ -15,7 +14,7 @@ from hydralign.losses.token_ce import segment_logps, sequence_logps
 from hydralign.methods.base import PostTrainingModule
 from hydralign.methods.registry import dpo_needs_reference
 from hydralign.models.inputs import model_inputs
-from hydralign.models.peft import adapters_disabled, is_peft
+from hydralign.models.peft import adapters_disabled
 
 
 def pair_logps(model: torch.nn.Module, batch: dict,
@@ -51,25 +50,14 @@ class DPOModule(PostTrainingModule):
     def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:
         """The live reference, when the loss needs one and nothing cheaper serves: a frozen copy of
         the initial policy (never with PEFT: the adapter-disabled policy is the reference)."""
-        if not dpo_needs_reference(cfg) or cfg.method.precompute_ref or is_peft(policy):
+        if not dpo_needs_reference(cfg) or cfg.method.precompute_ref:
             return {}
-        reference = copy.deepcopy(policy).eval()
-        reference.requires_grad_(False)
-        return {"reference": reference}
+        return cls.initial_policy_reference(policy)
 
     def _frozen_to_device(self) -> None:
-        dtype = next(self.model.parameters()).dtype
-        for ref in self._frozen.values():
-            if not self._sharded:  # FSDP2 shards already live on their device (configure_model)
-                ref.to(device=self.device, dtype=dtype)
+        super()._frozen_to_device()
         if self.reference_logps is not None:
             self.reference_logps = {k: v.to(self.device) for k, v in self.reference_logps.items()}
-
-    def on_fit_start(self) -> None:
-        self._frozen_to_device()
-
-    def on_validation_start(self) -> None:
-        self._frozen_to_device()
 
     @torch.no_grad()
     def _reference(self, batch: dict, n: int) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:

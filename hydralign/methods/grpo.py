@@ -12,7 +12,6 @@ mean over the mini-batch's samples (rewards, accuracy, lengths) or tokens (kl, c
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -23,7 +22,7 @@ from hydralign.errors import ConfigError
 from hydralign.losses.grpo import aggregate, group_advantages, per_token_loss, unit_count
 from hydralign.losses.token_ce import sequence_logps
 from hydralign.methods.base import PostTrainingModule
-from hydralign.models.peft import adapters_disabled, is_peft
+from hydralign.models.peft import adapters_disabled
 from hydralign.rewards import max_reward, route, score, source_of, verifier_names
 
 
@@ -76,11 +75,9 @@ class GRPOModule(PostTrainingModule):
     @classmethod
     def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:
         """beta > 0: a frozen copy of the initial policy (under PEFT the adapter-disabled policy instead)."""
-        if float(cfg.method.beta) == 0.0 or is_peft(policy):
+        if float(cfg.method.beta) == 0.0:
             return {}
-        reference = copy.deepcopy(policy).eval()
-        reference.requires_grad_(False)
-        return {"reference": reference}
+        return cls.initial_policy_reference(policy)
 
     @classmethod
     def check_data(cls, cfg: Any, data: Any) -> None:
@@ -95,11 +92,6 @@ class GRPOModule(PostTrainingModule):
                 raise ConfigError(f"method.rewards_by_source.{src} matches no train prompt's source; the data's "
                                   f"sources (its records' 'dataset' field): {found or 'none'}")
 
-    def on_fit_start(self) -> None:
-        dtype = next(self.model.parameters()).dtype
-        for ref in self._frozen.values():
-            if not self._sharded:
-                ref.to(device=self.device, dtype=dtype)
 
     # --- rollout -------------------------------------------------------------------------------
     @torch.no_grad()
