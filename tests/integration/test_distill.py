@@ -48,10 +48,12 @@ def random_teacher(tmp_path_factory):
 
 def test_distillation_teaches_a_smaller_student(sft_trained, tmp_path):
     """forward KL from the SFT run into a random-init student with half its layers: its val metrics go from
-    nothing to the teacher's (measured: exact match 0 -> 1.0, KD 4.59 -> 0.04, agreement 0.02 -> 1.0)."""
+    nothing to the teacher's (measured: exact match 0 -> 0.05 -> 0.95 -> 1.0 at steps 0/300/600/900, KD 4.70 ->
+    0.01, agreement 0.02 -> 1.0; the student, like SFT, first sits on the task's loss plateau: with 600 steps
+    of cosine decay it left it in one thread setting and not in another)."""
     _, sft_metrics, sft_tmp = sft_trained
     cfg = tiny_cfg(tmp_path, ["method=distill", f"method.teacher_from={sft_tmp / 'run'}"] + STUDENT + TASK + [
-        "eval.num_generate=128", "trainer.max_steps=600", "eval.every_n_steps=300", "trainer.log_every_n_steps=10",
+        "eval.num_generate=128", "trainer.max_steps=900", "eval.every_n_steps=300", "trainer.log_every_n_steps=10",
         "checkpoint.save_last=false", "checkpoint.export_hf=false"])
     metrics = run(cfg)
     from mlflow.tracking import MlflowClient
@@ -66,7 +68,7 @@ def test_distillation_teaches_a_smaller_student(sft_trained, tmp_path):
     agree, train_loss = hist("val/distill/agreement"), hist("train/loss")
     print(f"\nstudent val exact match {val_em}, nll {val_nll}, kd {val_kd}, agreement {agree}; "
           f"teacher val exact match {sft_metrics['val/exact_match']:.3f}")
-    assert len(val_em) == 3  # step 0 (random init), 300, 600
+    assert len(val_em) == 4  # step 0 (random init), 300, 600, 900
     assert val_em[0] == 0.0 and val_em[-1] >= 0.5  # the random-init student answers nothing right at first
     assert val_nll[-1] < 0.2 * val_nll[0] and val_kd[-1] < 0.1 * val_kd[0]
     assert agree[-1] > 0.9 > 0.1 > agree[0]

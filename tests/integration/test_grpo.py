@@ -63,6 +63,7 @@ def test_a_raising_verifier_scores_zero_and_the_run_goes_on(sft_trained, tmp_pat
     rec = Rewards()
     metrics = run(tiny_cfg(tmp_path, TASK + [f"init_from={sft_tmp / 'run'}", "trainer.max_steps=3",
                                              "+method.rewards.flaky=0.5", "eval.num_generate=0",
+                                             "method.temperature=2.0",  # wrong samples even from a perfect policy
                                              "checkpoint.monitor=val/loss", "checkpoint.mode=min",
                                              "optimized_metric=val/loss"]), callbacks=[rec])
     assert metrics["train/steps"] == 3
