@@ -6,6 +6,7 @@ errors and dry runs return in about a second.
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -118,18 +119,32 @@ def _flags_first(argv: list[str]) -> list[str]:
     return head + [a for a in rest if a in _FLAGS] + [a for a in rest if a not in _FLAGS]
 
 
-REFERENCE_KEYS = ("init_from", "method.teacher_from", "resume")  # values that may carry a :step=N-like selector
+def _reference_keys() -> tuple[str, ...]:
+    from hydralign.lineage import REFERENCES
+
+    return (*REFERENCES, "resume")  # values that may carry a :step=N-like selector
+
+
+def _quoted(value: str) -> str:
+    """``value`` as one Hydra quoted string. Inside quotes Hydra reads a backslash literally unless it precedes
+    the quote (or ends the string), so only those are doubled and only the quote character is escaped."""
+    q = "'" if "'" not in value else '"'
+    body = re.sub(r"(\\*)" + q, lambda m: m.group(1) * 2 + "\\" + q, value)
+    body = re.sub(r"(\\+)$", lambda m: m.group(1) * 2, body)
+    return q + body + q
 
 
 def quote_references(args: list[str]) -> list[str]:
     """``init_from=<run>:step=1000`` (and ``:epoch=N``, ``:best=<metric>,<mode>``) as the README writes them:
     Hydra's override grammar reads a bare ``=`` or a ``,`` in a value as syntax, so such a value is quoted for
     it. A comma list of references (a sweep, ``-m init_from=a:step=100,a:step=200``) becomes a list of quoted
-    values; a value already quoted, or one Hydra reads as it is, is left alone."""
-    out = []
+    values; a value already quoted, a sweep function (``choice(...)``, ``glob(...)``) or an interpolation is
+    left to Hydra as written."""
+    keys, out = _reference_keys(), []
     for arg in args:
         key, eq, value = arg.partition("=")
-        if not eq or key.lstrip("+~") not in REFERENCE_KEYS or "=" not in value or value[:1] in "'\"":
+        if (not eq or key.lstrip("+~") not in keys or "=" not in value or value[:1] in "'\""
+                or "${" in value or re.match(r"^\w+\(", value)):
             out.append(arg)
             continue
         pieces: list[str] = []
@@ -138,8 +153,7 @@ def quote_references(args: list[str]) -> list[str]:
                 pieces[-1] += "," + piece  # :best=<metric>,<mode> is one selector
             else:
                 pieces.append(piece)
-        quoted = ",".join("'" + p.replace("\\", "\\\\").replace("'", "\\'") + "'" for p in pieces)
-        out.append(f"{key}={quoted}")
+        out.append(f"{key}={','.join(_quoted(p) for p in pieces)}")
     return out
 
 

@@ -436,7 +436,10 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         rollout = replace(rollout, checkpoint_every_n_episodes=int(_get(cfg, "checkpoint.every_n_episodes")))
     sequences = 1 if packing == "packed" else spec.sequences_per_example  # a packed row is one sequence
     row_len = row_tokens if packing == "packed" else max_seq_len
-    inputs = memory_inputs(cfg, micro, sequences, spec.held_models(cfg), spec.name, seq_len=row_len)
+    # padding_free: the micro-batch is one row (attention, quadratic on SDPA / eager, over all its tokens)
+    mem_rows, mem_len = (1, micro * sequences * max_seq_len) if packing == "padding_free" else (micro, row_len)
+    inputs = memory_inputs(cfg, mem_rows, 1 if packing == "padding_free" else sequences, spec.held_models(cfg),
+                           spec.name, seq_len=mem_len)
     return Plan(
         method=spec.name, data_kind=spec.data_kind,
         loss_unit=GRPO_UNITS.get(rollout.loss_type, spec.unit) if rollout else spec.unit, frozen_models=spec.frozen_models(cfg),
@@ -507,6 +510,9 @@ def _check_packing(cfg: Any, spec: Any) -> tuple[str, Optional[int]]:
     mode = str(_get(cfg, "data.packing", "none") or "none")
     if mode not in PACKING_TEXT:
         raise ConfigError(f"data.packing={mode} is unknown; choose one of: {', '.join(PACKING_TEXT)}")
+    if mode != "packed" and _get(cfg, "data.max_tokens_per_micro") is not None:
+        raise ConfigError(f"data.max_tokens_per_micro={_get(cfg, 'data.max_tokens_per_micro')} sizes packed rows; "
+                          f"with data.packing={mode} nothing reads it: set data.packing=packed or remove it")
     if mode == "none":
         return mode, None
     if not spec.packing:

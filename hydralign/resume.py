@@ -23,7 +23,6 @@ COMPAT_KEYS = (
     "model.intermediate_size", "model.max_position_embeddings", "model.tie_word_embeddings",
     "peft.name", "peft.r", "peft.target_modules", "peft.bias", "peft.load_in_4bit",
     "method.name", "batch.effective", "seed",
-    "data.packing", "data.max_tokens_per_micro",  # packed: the schedule draws rows, not examples
 )
 
 
@@ -35,8 +34,13 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 
 def compat_signature(cfg: Any) -> dict[str, Any]:
-    """The values of ``COMPAT_KEYS`` in this config (stored in every checkpoint)."""
-    return {key: _get(cfg, key) for key in COMPAT_KEYS}
+    """The values of ``COMPAT_KEYS`` in this config (stored in every checkpoint), and the data order's one
+    dependency beyond them: packed rows (their size) are what the schedule draws, not examples; padded and
+    padding-free runs draw the same examples, so they resume each other."""
+    signature = {key: _get(cfg, key) for key in COMPAT_KEYS}
+    packed = _get(cfg, "data.packing") == "packed"
+    signature["data.packed_rows"] = _get(cfg, "data.max_tokens_per_micro") if packed else None
+    return signature
 
 
 # --- finding the checkpoint ------------------------------------------------------------------

@@ -126,8 +126,13 @@ def check_rewards(weights: Mapping[str, float], key: str = "method.rewards") -> 
 
 def check_rewards_by_source(table: Mapping[str, Mapping[str, float]]) -> None:
     """``method.rewards_by_source``: each source a non-empty name with a table ``check_rewards`` accepts."""
+    seen: dict[str, str] = {}
     for source, weights in table.items():
         key = f"method.rewards_by_source.{source}"
+        if str(source).lower() in seen:  # sources match without case: one of the two would be dropped
+            raise ConfigError(f"{key} and method.rewards_by_source.{seen[str(source).lower()]} name the same source "
+                              "(sources match without case): keep one")
+        seen[str(source).lower()] = str(source)
         if not str(source).strip():
             raise ConfigError("method.rewards_by_source has an empty source name; use the values of the records' "
                               f"'{SOURCE_FIELD}' field, e.g. method.rewards_by_source={{gsm8k: {{last_number: 1.0}}}}")

@@ -179,7 +179,7 @@ class PostTrainingData(L.LightningDataModule):
                               persistent_workers=self.cfg.data.num_workers > 0)
         schedule = WindowSchedule(self.units(), plan.effective_batch,
                                   plan.micro_batch, plan.world_size, trainer.global_rank, plan.seed)
-        flash = str(self.cfg.model.get("attn_implementation") or "").startswith("flash")
+        flash = "flash" in str(self.cfg.model.get("attn_implementation") or "")  # its varlen kernel takes one row
         data = TrainMicroBatches(self.train_examples, schedule, self.tokenizer.pad_token_id, plan.total_steps,
                                  self.cfg.data.packing, self.train_rows, one_row=flash)
         # Resume: continue after the last completed optimizer step (read when iteration starts).

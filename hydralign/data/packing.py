@@ -30,15 +30,12 @@ import torch
 from hydralign.data.preference import PairExample
 from hydralign.data.tokenize import IGNORE, Example
 
-MODES = ("none", "padding_free", "packed")
-
 
 @dataclass(frozen=True)
 class PackedRow:
     """Examples (indices into the train split) that share one row, and what the row adds to its window."""
 
     members: tuple[int, ...]
-    tokens: int
     units: int
 
 
@@ -79,7 +76,7 @@ def pack_rows(lengths: list[int], capacity: int, seed: int) -> list[list[int]]:
 def packed_items(examples: list, units: list[int], capacity: int, seed: int) -> list[PackedRow]:
     """The train split as packed rows (``data.packing=packed``)."""
     lengths = [item_length(e) for e in examples]
-    return [PackedRow(tuple(r), sum(lengths[i] for i in r), sum(units[i] for i in r))
+    return [PackedRow(tuple(r), sum(units[i] for i in r))
             for r in pack_rows(lengths, capacity, seed)]
 
 
@@ -108,5 +105,4 @@ def collate_rows(rows: list[list[Union[Example, PairExample]]], pad_id: int) -> 
                 at += n
             item += 1
         positions[r, at:] = torch.arange(width - at)  # the padding: a sequence of its own, no loss
-    return {"input_ids": ids, "labels": labels, "position_ids": positions, "segments": segments,
-            "num_sequences": torch.tensor(2 * num_items if pairs else num_items)}
+    return {"input_ids": ids, "labels": labels, "position_ids": positions, "segments": segments}

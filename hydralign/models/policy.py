@@ -4,6 +4,7 @@ a pretrained model from a hub id or local directory. Loading is safe by default:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -107,6 +108,30 @@ def build_model(mcfg: Any, tokenizer, seed: int, pcfg: Any = None) -> torch.nn.M
     return model
 
 
+# Architecture fields that change what the weights mean without changing their shapes (so loading would
+# "succeed"): the config key that sets each on our side, for the message.
+SAME_SHAPE_FIELDS = {"num_attention_heads": "model.num_heads", "num_key_value_heads": "model.num_kv_heads",
+                     "head_dim": None, "hidden_act": None, "rms_norm_eps": None, "rope_theta": None,
+                     "rope_parameters": None}
+
+
+def check_architecture(model: torch.nn.Module, hf_dir: Path, source: str) -> None:
+    """Refuses weights saved for another head split, activation, norm epsilon or RoPE: e.g. 4 heads of 32 and 8
+    heads of 16 have the same tensors, and loading one into the other would run without error but compute
+    something else."""
+    import json
+
+    saved_file = Path(hf_dir) / "config.json"
+    if not saved_file.is_file():
+        return
+    saved, ours = json.loads(saved_file.read_text()), model.config.to_dict()
+    for name, key in SAME_SHAPE_FIELDS.items():
+        if name in saved and name in ours and saved[name] is not None and saved[name] != ours[name]:
+            fix = f"set {key}={saved[name]}" if key else f"match the source's {name}"
+            raise ConfigError(f"init_from={source} was saved with {name}={saved[name]}, this model has "
+                              f"{ours[name]}: the weights would load but mean something else; {fix}")
+
+
 def load_weights(model: torch.nn.Module, source: str) -> None:
     """``init_from``: an HF directory (safetensors), a hydralign run directory (its exported model, or the
     checkpoint a selector such as ``:best`` picks) or a Lightning checkpoint (weights_only), as
@@ -116,6 +141,8 @@ def load_weights(model: torch.nn.Module, source: str) -> None:
     path = resolve_weights(source)
     if path.is_dir():
         from safetensors.torch import load_file
+
+        check_architecture(model, path, source)
 
         state = {}
         for f in sorted(path.glob("*.safetensors")):

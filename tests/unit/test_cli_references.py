@@ -19,6 +19,8 @@ from hydralign.cli import quote_references
     ("init_from=a:step=100,a:step=200", ["a:step=100", "a:step=200"]),  # a sweep over two checkpoints
     ("init_from=a:best=val/loss,min,b:last", ["a:best=val/loss,min", "b:last"]),
     ("+init_from=it's:step=1", ["it's:step=1"]),
+    ("init_from=C:\\runs\\a:step=1", ["C:\\runs\\a:step=1"]),  # backslashes stay single
+    ("init_from=a\\:step=1,b'\\", ["a\\:step=1", "b'\\"]),
 ])
 def test_selectors_reach_hydra_as_values(arg, values):
     [quoted] = quote_references([arg])
@@ -28,7 +30,8 @@ def test_selectors_reach_hydra_as_values(arg, values):
 
 
 @pytest.mark.parametrize("arg", ["init_from=outputs/runs/sft", "init_from=outputs/runs/sft:best", "lr=1e-3",
-                                 "init_from='a:step=3'", "data.name=x=y"])
+                                 "init_from='a:step=3'", "data.name=x=y", "init_from=choice(a:step=1,a:step=2)",
+                                 "init_from=${oc.env:RUN,x}:step=1"])
 def test_other_arguments_are_left_alone(arg):
     assert quote_references([arg]) == [arg]
 

@@ -41,3 +41,26 @@ def test_padding_free_keeps_examples_as_the_unit():
     plan = make_plan(compose_cfg(["data.packing=padding_free"]))
     assert plan.packing == "padding_free" and plan.num_train_examples == 20000
     assert "padding_free (each micro-batch's sequences in one row" in format_plan(plan)
+
+
+def test_a_row_size_without_packed_rows_is_refused():
+    with pytest.raises(ConfigError, match=r"data.max_tokens_per_micro=256 sizes packed rows; with "
+                                          r"data.packing=padding_free nothing reads it"):
+        make_plan(compose_cfg(["data.packing=padding_free", "data.max_tokens_per_micro=256"]))
+
+
+def test_padding_free_memory_counts_one_row_of_the_whole_micro_batch():
+    eager = ["model.attn_implementation=eager", "batch.micro=8", "batch.effective=8"]
+    padded = make_plan(compose_cfg(eager)).memory
+    free = make_plan(compose_cfg(eager + ["data.packing=padding_free"])).memory
+    assert free.tokens_per_micro == padded.tokens_per_micro == 8 * 64
+    assert free.activations_gib > padded.activations_gib  # eager scores over 512 tokens, not 8 x 64
+
+
+def test_resume_tells_packed_rows_apart_but_not_padding_free_from_padded():
+    from hydralign.resume import compat_signature
+
+    padded = compat_signature(compose_cfg([]))
+    assert compat_signature(compose_cfg(["data.packing=padding_free"])) == padded
+    packed = compat_signature(compose_cfg(["data.packing=packed", "data.max_tokens_per_micro=256"]))
+    assert packed["data.packed_rows"] == 256 and padded["data.packed_rows"] is None

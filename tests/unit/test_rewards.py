@@ -104,3 +104,12 @@ def test_check_rewards_by_source_names_the_key():
         R.check_rewards_by_source({"gsm8k": {"last_number": 1.0}, "math": {"boxd": 1.0}})
     with pytest.raises(ConfigError, match=r"method.rewards_by_source.ifeval is empty"):
         R.check_rewards_by_source({"ifeval": {}})
+
+
+def test_sources_differing_only_in_case_are_refused():
+    from hydralign.errors import ConfigError
+    from hydralign.rewards import check_rewards_by_source
+
+    with pytest.raises(ConfigError, match=r"method.rewards_by_source.MATH and method.rewards_by_source.math name the "
+                                          r"same source"):
+        check_rewards_by_source({"math": {"boxed": 1.0}, "MATH": {"last_number": 1.0}})
