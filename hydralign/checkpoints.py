@@ -111,8 +111,8 @@ class RollingCheckpoints(Checkpoint):
     ``last.ckpt`` is re-pointed at it (a relative symlink, replaced atomically), all but the newest
     ``keep_last_k`` are deleted and the step is recorded in ``checkpoints/index.json``. At a step that is
     validated the checkpoint is written after the validation (and after the best-K checkpoint): a resume never
-    skips a validation, since a run killed during one resumes from the checkpoint before it. A ``Checkpoint``: Lightning runs it after the other
-    callbacks, so their state for the step is complete when it is saved."""
+    skips a validation, since a run killed during one resumes from the checkpoint before it. A ``Checkpoint``:
+    Lightning runs it after the other callbacks, so their state for the step is complete when it is saved."""
 
     def __init__(self, ckpt_dir: Path, every_n_steps: Optional[int], every_n_minutes: Optional[float],
                  keep_last_k: int, steps_per_epoch: Optional[int] = None, eval_every: Optional[int] = None):

@@ -48,7 +48,6 @@ class RolloutPlan:
     total_rollouts: Optional[int]
     episodes_per_step: float  # samples_per_rollout / steps_per_rollout (generated once per rollout)
     checkpoint_every_n_episodes: Optional[int] = None  # checkpoint.every_n_episodes (Plan.checkpoint_every_n_steps)
-    generator_devices: int = 0  # hardware.generator_devices: 0, the learners generate (nothing else runs yet)
 
 
 @dataclass(frozen=True)
@@ -432,21 +431,23 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name={optimizer} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
     ckpt_every = _checkpoint_steps(cfg, spec.name, rollout, every)
-    if rollout is not None and ckpt_every is not None and _get(cfg, "checkpoint.every_n_episodes") is not None:
-        rollout = replace(rollout, checkpoint_every_n_episodes=int(_get(cfg, "checkpoint.every_n_episodes")))
-    sequences = 1 if packing == "packed" else spec.sequences_per_example  # a packed row is one sequence
-    row_len = row_tokens if packing == "packed" else max_seq_len
-    # padding_free: the micro-batch is one row (attention, quadratic on SDPA / eager, over all its tokens)
-    mem_rows, mem_len = (1, micro * sequences * max_seq_len) if packing == "padding_free" else (micro, row_len)
-    inputs = memory_inputs(cfg, mem_rows, 1 if packing == "padding_free" else sequences, spec.held_models(cfg),
-                           spec.name, seq_len=mem_len)
+    episodes = _get(cfg, "checkpoint.every_n_episodes")  # (then ckpt_every holds its steps)
+    if rollout is not None and episodes is not None:
+        rollout = replace(rollout, checkpoint_every_n_episodes=int(episodes))
+    # One schedule item (an example, or a packed row): its sequences and their length.
+    sequences, length = (1, row_tokens) if packing == "packed" else (spec.sequences_per_example, max_seq_len)
+    # A micro-batch's rows x sequences x length: padding_free makes it one row of all its tokens (its attention
+    # is quadratic in them on SDPA / eager).
+    rows, per_row, row_len = (1, 1, micro * sequences * length) if packing == "padding_free" else \
+        (micro, sequences, length)
+    inputs = memory_inputs(cfg, rows, per_row, spec.held_models(cfg), spec.name, seq_len=row_len)
     return Plan(
         method=spec.name, data_kind=spec.data_kind,
         loss_unit=GRPO_UNITS.get(rollout.loss_type, spec.unit) if rollout else spec.unit, frozen_models=spec.frozen_models(cfg),
         model=str(_get(cfg, "model.name", "?")), accelerator=accelerator, strategy=strategy,
         precision=precision, nodes=nodes, devices_per_node=devices, world_size=world, micro_batch=micro,
         grad_accum=grad_accum, global_micro_batch=global_micro, effective_batch=effective,
-        max_seq_len=max_seq_len, max_tokens_per_step=effective * sequences * row_len,
+        max_seq_len=max_seq_len, max_tokens_per_step=effective * sequences * length,
         num_train_examples=num_train_examples, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         epochs=epochs, warmup_steps=warmup, lr=lr, schedule=schedule, eval_every_n_steps=every,
         seed=seed, num_parameters=_get(cfg, "model.num_parameters"),
@@ -542,7 +543,7 @@ def format_rollout(r: Optional[RolloutPlan]) -> list[tuple[str, Any]]:
                 " (from trainer.max_steps)")
     return [
         ("learners / generators", f"{r.mini_batch_samples // r.mini_batch_samples_per_device} learner devices "
-                                  f"(world_size) + {r.generator_devices} generator devices: each learner samples its "
+                                  "(world_size) + 0 generator devices: each learner samples its "
                                   "own prompts (HF generate, KV cache)"),
         ("rollout batch (samples)", f"{r.samples_per_rollout} = {r.prompts_per_rollout} prompts x "
                                     f"{r.generations_per_prompt} generations ({r.prompts_per_device} prompts per device)"),

@@ -123,7 +123,6 @@ class PostTrainingData(L.LightningDataModule):
         if not self.train_examples:
             raise DataError(f"no train example survived tokenization ({self.stats['train']}); raise "
                             "data.max_seq_len or use data.overlong=truncate")
-        self.train_rows = None
         if dcfg.packing != "none":
             check_packing_support()
         if dcfg.packing == "packed":

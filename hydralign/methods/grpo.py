@@ -87,11 +87,11 @@ class GRPOModule(PostTrainingModule):
         if not table:
             return
         found = sorted({s for s in (source_of(e.reference) for e in data.train_examples) if s is not None})
+        known = {s.lower() for s in found}  # sources match without case (rewards.route)
         for src in table:
-            if str(src).lower() not in {s.lower() for s in found}:
+            if str(src).lower() not in known:
                 raise ConfigError(f"method.rewards_by_source.{src} matches no train prompt's source; the data's "
                                   f"sources (its records' 'dataset' field): {found or 'none'}")
-
 
     # --- rollout -------------------------------------------------------------------------------
     @torch.no_grad()
