@@ -201,12 +201,16 @@ class BatchConfig:
 
 @dataclass
 class ArithmeticConfig:
-    """The embedded synthetic task: ``a+b=`` answered with the sum's digits reversed."""
+    """The embedded synthetic task: ``a+b=`` answered with the sum's digits reversed (hydralign/data/arithmetic.py)."""
 
     num_train: int = 20000
     num_val: int = 500
     max_digits: int = 3
-    pad_operands: bool = True  # "007+042=": digits at fixed positions (much faster to learn)
+    pad_operands: bool = True  # "700+240=": digits at fixed positions (much faster to learn)
+    reverse_operands: bool = True  # operands least significant digit first, like the answer
+    # share of train pairs whose operands are 1..max_digits digits long equally often (the rest: uniform
+    # values, 90% max_digits long); val is always uniform
+    balanced_fraction: float = 0.5
     system_prompt: Optional[str] = None
     # The split's seed (null: the run's seed). Pin it when runs that start from another run (init_from,
     # teacher_from) vary their seed: their val set then stays the other run's, never its training data.
@@ -291,7 +295,7 @@ class CheckpointConfig:
     # validated there, so <run>:best can pick among them (null: none; not with every_n_steps).
     every_n_episodes: Optional[int] = None
     every_n_minutes: Optional[float] = None
-    keep_last_k: int = 3
+    keep_last_k: int = 10
     keep_best_k: int = 1  # best-stepNNNNNN.ckpt: the top K by monitor (what <run>:best can pick from)
     save_last: bool = True  # false: no rolling checkpoints unless every_n_steps / every_n_minutes ask
     export_hf: bool = True  # save_pretrained of the final model into <run_dir>/hf_model

@@ -1,9 +1,25 @@
 """The embedded synthetic task: ``a+b=`` answered with the digits of the sum reversed.
 
-Reversed digits let a left-to-right decoder emit the least significant digit first, so the carry
-is always known when a digit is written; zero-padded operands put every digit at a fixed position.
-Together they let a tiny model learn the task in minutes. Pairs are drawn
-without repetition from one seeded stream and cut into disjoint train/val splits.
+By default every number is written least significant digit first, operands zero-padded to
+``max_digits``: ``7 + 42`` is ``700+240=`` and its answer ``94`` (49). Three choices make learning a
+matter of steps, not of chance (benchmarks/RESULTS.md, "Default job learns on every machine"):
+
+- the answer reversed: a left-to-right decoder emits the units digit first, so the carry is known
+  when each digit is written;
+- the operands reversed too (``reverse_operands``): answer digit k sits at the same distance from
+  operand digits k for every k, so one attention pattern serves every digit, learned once;
+- half the training pairs with balanced digit counts (``balanced_fraction``: each operand of such a
+  pair is 1, 2, ... max_digits digits long equally often, where uniform values make 90% of them
+  max_digits long). An answer digit is (a_k + b_k + carry) mod 10, which one operand digit alone
+  says nothing about when the digits are uniform: the gradient that would teach the model where to
+  look is then zero to first order, and the run sits on a loss plateau until the summation order of
+  some machine lets it off. Short operands make b_k = 0 common, so a_k alone predicts the answer
+  digit and the attention is learned directly; the other half, full-length pairs, teaches the long
+  carry chains that the val split (uniform) is made of. All pairs balanced left the plateau as fast
+  but took longer over those carries; none balanced is the old coin flip.
+
+Pairs are drawn without repetition from one seeded stream and cut into disjoint train/val splits;
+the val split is drawn uniformly over all pairs (most operands max_digits long), the task as asked.
 """
 
 from __future__ import annotations
@@ -17,9 +33,20 @@ def answer(a: int, b: int) -> str:
     return str(a + b)[::-1]
 
 
+def operand(bound_digits: int, rng: random.Random, balance: bool) -> int:
+    """Uniform over 0 .. 10**bound_digits - 1, or (balance) its digit count uniform in 1..bound_digits first."""
+    if not balance:
+        return rng.randrange(10**bound_digits)
+    n = rng.randint(1, bound_digits)
+    return rng.randrange(10 ** (n - 1) if n > 1 else 0, 10**n)
+
+
 def make_splits(seed: int, num_train: int, num_val: int, max_digits: int,
-                system_prompt: str | None = None, pad_operands: bool = True) -> dict[str, list[dict]]:
+                system_prompt: str | None = None, pad_operands: bool = True,
+                reverse_operands: bool = True, balanced_fraction: float = 0.5) -> dict[str, list[dict]]:
     """Return ``{"train": [...], "val": [...]}`` of chat records."""
+    if not 0.0 <= balanced_fraction <= 1.0:
+        raise ConfigError(f"data.arithmetic.balanced_fraction={balanced_fraction} must be in [0, 1]")
     bound = 10**max_digits
     total = num_train + num_val
     if total > bound * bound // 2:
@@ -30,14 +57,19 @@ def make_splits(seed: int, num_train: int, num_val: int, max_digits: int,
     seen: set[tuple[int, int]] = set()
     pairs: list[tuple[int, int]] = []
     while len(pairs) < total:
-        pair = (rng.randrange(bound), rng.randrange(bound))
+        # val (the last num_val pairs) stays uniform over all pairs: the task as asked
+        balance = len(pairs) < num_train and rng.random() < balanced_fraction
+        pair = (operand(max_digits, rng, balance), operand(max_digits, rng, balance))
         if pair not in seen:
             seen.add(pair)
             pairs.append(pair)
 
     def record(a: int, b: int) -> dict:
         width = max_digits if pad_operands else 0
-        messages = [{"role": "user", "content": f"{a:0{width}d}+{b:0{width}d}="},
+        x, y = f"{a:0{width}d}", f"{b:0{width}d}"
+        if reverse_operands:
+            x, y = x[::-1], y[::-1]
+        messages = [{"role": "user", "content": f"{x}+{y}="},
                     {"role": "assistant", "content": answer(a, b)}]
         if system_prompt:
             messages.insert(0, {"role": "system", "content": system_prompt})

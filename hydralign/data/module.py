@@ -52,7 +52,8 @@ def load_records(cfg: Any, kind: str = "sft") -> tuple[dict[str, list], dict[str
     if dcfg.source == "arithmetic":
         a = dcfg.arithmetic
         seed = cfg.seed if a.get("seed") is None else a.seed  # data.arithmetic.seed pins the split
-        splits = make_splits(seed, a.num_train, a.num_val, a.max_digits, a.system_prompt, a.pad_operands)
+        splits = make_splits(seed, a.num_train, a.num_val, a.max_digits, a.system_prompt, a.pad_operands,
+                             a.reverse_operands, a.balanced_fraction)
         out = {}
         for split in ("train", "val"):
             recs = preference_records(splits[split], seed) if kind == "preference" else splits[split]

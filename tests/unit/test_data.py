@@ -11,7 +11,7 @@ from hydralign.data.arithmetic import answer, make_splits
 from hydralign.data.batching import WindowSchedule
 from hydralign.data.templates import CHATML, TULU
 from hydralign.data.tokenize import IGNORE, encode, generation_examples
-from hydralign.errors import DataError
+from hydralign.errors import ConfigError, DataError
 from hydralign.models import char_tokenizer
 
 FIELDS = readers.Fields()
@@ -32,10 +32,46 @@ def test_arithmetic_is_deterministic_disjoint_and_reversed():
     assert set(prompts) == {"train", "val"} and not prompts["train"] & prompts["val"]
     assert len(prompts["train"]) == 300  # no duplicates within a split either
     assert answer(864, 394) == "8521"
-    first = a["train"][0]["messages"]
-    x, y = first[0]["content"].rstrip("=").split("+")
-    assert len(x) == len(y) == 2 and first[1]["content"] == str(int(x) + int(y))[::-1]
+    for rec in a["train"] + a["val"]:  # every number least significant digit first, operands padded
+        x, y = rec["messages"][0]["content"].rstrip("=").split("+")
+        assert len(x) == len(y) == 2 and rec["messages"][1]["content"] == answer(int(x[::-1]), int(y[::-1]))
     assert make_splits(seed=4, num_train=300, num_val=50, max_digits=2) != a
+
+
+def test_arithmetic_formats():
+    def first(**kw):
+        rec = make_splits(seed=0, num_train=1, num_val=1, max_digits=3, **kw)["train"][0]["messages"]
+        return rec[0]["content"], rec[1]["content"]
+
+    prompt, reply = first()
+    a, b = (int(x[::-1]) for x in prompt.rstrip("=").split("+"))
+    plain, plain_reply = first(reverse_operands=False)
+    assert plain == f"{a:03d}+{b:03d}=" and reply == plain_reply == str(a + b)[::-1]
+    assert first(reverse_operands=False, pad_operands=False)[0] == f"{a}+{b}="
+    assert first(pad_operands=False)[0] == f"{str(a)[::-1]}+{str(b)[::-1]}="
+
+
+def test_balanced_pairs_in_train_uniform_values_in_val():
+    """Half the train pairs have operands 1, 2 or 3 digits long equally often, the other half uniform values
+    (90% 3 digits); val keeps the task's own distribution, uniform over 0..999. Distinct pairs keep fewer
+    1-digit operands than drawn (1-digit x 1-digit has only 100 pairs)."""
+    splits = make_splits(seed=0, num_train=6000, num_val=3000, max_digits=3)
+
+    def share_by_length(records):
+        counts = [0, 0, 0]
+        for rec in records:
+            for x in rec["messages"][0]["content"].rstrip("=").split("+"):
+                counts[len(str(int(x[::-1]))) - 1] += 1
+        return [c / (2 * len(records)) for c in counts]
+
+    uniform = [0.01, 0.09, 0.90]
+    assert share_by_length(splits["train"]) == pytest.approx([0.13, 0.21, 0.66], abs=0.02)
+    assert share_by_length(splits["val"]) == pytest.approx(uniform, abs=0.02)
+    for fraction, expected in ((0.0, uniform), (1.0, [0.24, 0.35, 0.41])):
+        train = make_splits(seed=0, num_train=6000, num_val=10, max_digits=3, balanced_fraction=fraction)["train"]
+        assert share_by_length(train) == pytest.approx(expected, abs=0.02)
+    with pytest.raises(ConfigError, match="balanced_fraction=1.5 must be in"):
+        make_splits(seed=0, num_train=10, num_val=10, max_digits=3, balanced_fraction=1.5)
 
 
 def test_chatml_render_and_mask(tok):

@@ -10,8 +10,8 @@ from hydralign.plan import format_plan, make_plan
 from tests.helpers import compose_cfg
 
 # model=tiny with a 100-token vocabulary: h=128, 4 layers, 4 heads (kv = h), I=256, untied head.
-SMALL = ["model=tiny", "model.vocab_size=100", "model.num_heads=4", "data.max_seq_len=64", "batch.effective=8",
-         "batch.micro=8"]
+SMALL = ["model=tiny", "model.vocab_size=100", "model.num_heads=4", "model.num_layers=4", "data.max_seq_len=64",
+         "batch.effective=8", "batch.micro=8"]
 EMBED = 100 * 128  # 12,800 (input embedding; the untied head is as large)
 LAYER = 2 * 128 * 128 + 2 * 128 * 128 + 3 * 128 * 256 + 2 * 128  # q,o + k,v + gate,up,down + 2 norms = 164,096
 P = 2 * EMBED + 4 * LAYER + 128  # + final norm = 682,112
