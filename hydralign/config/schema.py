@@ -201,7 +201,7 @@ class BatchConfig:
 
 @dataclass
 class ArithmeticConfig:
-    """The embedded synthetic task: ``a+b=`` answered with the sum's digits reversed (hydralign/data/arithmetic.py)."""
+    """The embedded synthetic task: ``a+b=`` answered with the sum's digits reversed (data/arithmetic.py)."""
 
     num_train: int = 20000
     num_val: int = 500

@@ -24,7 +24,7 @@ def test_default_task_is_learned(trained):
     run_id = (tmp / "run" / "mlflow_run_id").read_text()
     em = _history(client, run_id, "val/exact_match")
     assert [s for s, _ in em] == [0, 400, 800] and em[0][1] == 0.0  # step 0: scored before training
-    assert metrics["val/exact_match"] == em[-1][1] >= 0.25, em  # 0.84 on the reference machine
+    assert metrics["val/exact_match"] == em[-1][1] >= 0.25, em  # 0.99 on the reference machine
     val_loss = _history(client, run_id, "val/loss")
     assert val_loss[-1][1] < 0.5 * val_loss[1][1] < val_loss[0][1], val_loss
     loss = _history(client, run_id, "train/loss")
