@@ -43,7 +43,7 @@ def test_card_trains_at_tiny_scale(card, tmp_path):
 def test_run_on_local_jsonl_with_truncation(tmp_path):
     rows = [{"messages": [{"role": "user", "content": f"say {i}"}, {"role": "assistant", "content": f"{i}"}]}
             for i in range(40)]
-    rows += [{"prompt": "long " * 20, "completion": "x" * 40}]  # longer than max_seq_len: truncated
+    rows += [{"prompt": "long " * 30, "completion": "x" * 40}]  # 198 tokens > max_seq_len: truncated
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cfg = tiny_cfg(tmp_path, ["data=jsonl", f"data.train_files=[{path}]", "data.val_fraction=0.2",
