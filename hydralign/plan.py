@@ -343,6 +343,10 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     if num_train_examples is None and packing != "packed":
         if _get(cfg, "data.source") == "arithmetic":
             num_train_examples = int(_get(cfg, "data.arithmetic.num_train"))
+            fraction = float(_get(cfg, "data.arithmetic.balanced_fraction", 0.5))
+            if not 0.0 <= fraction <= 1.0:
+                raise ConfigError(f"data.arithmetic.balanced_fraction={fraction} must be in [0, 1] (the share of "
+                                  "train pairs with balanced digit counts)")
         elif _get(cfg, "data.num_examples") is not None:
             n = int(_get(cfg, "data.num_examples"))
             num_train_examples = n - int(round(n * float(_get(cfg, "data.val_fraction", 0.0) or 0.0)))

@@ -115,3 +115,8 @@ def test_schedule_default_has_one_source():
 
 def test_model_size_is_printed_when_the_card_states_it():
     assert "deepseek_llm_7b (6.9e+09 parameters)" in format_plan(make_plan(compose_cfg(["experiment=deepseek_llm_7b_sft"])))
+
+
+def test_arithmetic_balanced_fraction_out_of_range_is_refused_in_the_plan():
+    with pytest.raises(ConfigError, match=r"data.arithmetic.balanced_fraction=1.5 must be in \[0, 1\]"):
+        make_plan(compose_cfg(["data.arithmetic.balanced_fraction=1.5"]))
