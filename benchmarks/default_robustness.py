@@ -225,7 +225,8 @@ def report(results: Results, seeds: list[int], envs: list[str], prints: dict[str
             early += r["first_0.9"] is not None and r["max_step"] and r["first_0.9"] <= 0.6 * r["max_step"]
             cells.append(f"{fin:.2f} / {r['first_0.9'] or '-'} / {r['wall_s']:.0f}")
         print(f"| {seed} | " + " | ".join(cells) + " |")
-    walls = [r["wall_s"] for r in results.rows if r["kind"] == "sft" and r["env"] == DEFAULT_ENV and r["seed"] in seeds]
+    walls = [r["wall_s"] for r in results.rows if r["kind"] == "sft" and r["env"] == DEFAULT_ENV and r["seed"] in seeds
+             and DEFAULT_ENV in envs]
     print(f"\nfinal >= 0.9: {ok_final} of {total} runs; >= 0.9 by 60% of the step budget: {early} of {total}"
           + (f"; wall time in {DEFAULT_ENV}: {min(walls):.0f}-{max(walls):.0f} s" if walls else ""))
     print("numeric fingerprints (a fixed forward and backward, hashed): "
