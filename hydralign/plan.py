@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
 from hydralign.config.schema import OptimizerConfig, ScheduleConfig
+from hydralign.data.arithmetic import check_balanced_fraction  # pure: random and errors only
 from hydralign.errors import ConfigError
 from hydralign.memory import MemoryEstimate, estimate_memory, format_memory, memory_inputs
 from hydralign.methods.registry import METHODS, get_method
@@ -343,10 +344,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     if num_train_examples is None and packing != "packed":
         if _get(cfg, "data.source") == "arithmetic":
             num_train_examples = int(_get(cfg, "data.arithmetic.num_train"))
-            fraction = float(_get(cfg, "data.arithmetic.balanced_fraction", 0.5))
-            if not 0.0 <= fraction <= 1.0:
-                raise ConfigError(f"data.arithmetic.balanced_fraction={fraction} must be in [0, 1] (the share of "
-                                  "train pairs with balanced digit counts)")
+            check_balanced_fraction(float(_get(cfg, "data.arithmetic.balanced_fraction")))
         elif _get(cfg, "data.num_examples") is not None:
             n = int(_get(cfg, "data.num_examples"))
             num_train_examples = n - int(round(n * float(_get(cfg, "data.val_fraction", 0.0) or 0.0)))

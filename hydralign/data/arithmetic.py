@@ -41,12 +41,18 @@ def operand(bound_digits: int, rng: random.Random, balance: bool) -> int:
     return rng.randrange(10 ** (n - 1) if n > 1 else 0, 10**n)
 
 
+def check_balanced_fraction(fraction: float) -> None:
+    """The plan calls this before anything loads; make_splits again for direct callers."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"data.arithmetic.balanced_fraction={fraction} must be in [0, 1] (the share of train "
+                          "pairs with balanced digit counts)")
+
+
 def make_splits(seed: int, num_train: int, num_val: int, max_digits: int,
                 system_prompt: str | None = None, pad_operands: bool = True,
                 reverse_operands: bool = True, balanced_fraction: float = 0.5) -> dict[str, list[dict]]:
     """Return ``{"train": [...], "val": [...]}`` of chat records."""
-    if not 0.0 <= balanced_fraction <= 1.0:
-        raise ConfigError(f"data.arithmetic.balanced_fraction={balanced_fraction} must be in [0, 1]")
+    check_balanced_fraction(balanced_fraction)
     bound = 10**max_digits
     total = num_train + num_val
     if total > bound * bound // 2:
