@@ -3,7 +3,7 @@ state, scheduler, loops) for the tiny model and a ~100M-parameter Llama, one pla
 FSDP2 on 2 CPU processes (a folder of per-rank shards, torch.distributed.checkpoint); and what time-based
 checkpointing costs (target, issue 8: < 2% of step time at checkpoint.every_n_minutes=5).
 
-Each case trains a few real steps through ``hydralign.train.run`` with a checkpoint at every step, timing
+Each case trains a few real steps through ``hydralign.run.job.run`` with a checkpoint at every step, timing
 ``RollingCheckpoints.save`` (the whole collective: temporary name, every rank's write, rename, re-link,
 pruning) and, in a second run resuming the last one, Lightning's restore (modules, callbacks, optimizer,
 loops). The callback's own per-step cost without the save (the time check: a clock read, and every ~1% of
@@ -51,8 +51,8 @@ def worker(out: Path, overrides: list[str]) -> None:
     from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
     from omegaconf import open_dict
 
-    from hydralign.checkpoints import RollingCheckpoints
-    from hydralign.train import run
+    from hydralign.checkpoints.saving import RollingCheckpoints
+    from hydralign.run.job import run
     from tests.helpers import compose_cfg
 
     timings: dict[str, list[float]] = {"save": [], "check": [], "restore": [], "step": []}

@@ -1,5 +1,5 @@
 """Distillation step time vs its parts (issue 10 target: a token-level KD step <= 1.3x (student SFT step + one
-teacher forward)), measured side by side through ``hydralign.train.run`` on the same data, student and
+teacher forward)), measured side by side through ``hydralign.run.job.run`` on the same data, student and
 micro-batches.
 
 - teacher: a random-init Llama saved as a Hugging Face directory (hidden 512, 8 layers: ~25M without
@@ -36,7 +36,7 @@ COMMON = ["data.arithmetic.num_train=4000", "data.arithmetic.num_val=32", "eval.
 
 
 def make_teacher(out: Path) -> Path:
-    from hydralign.data.templates import template_for
+    from hydralign.data.chat import template_for
     from hydralign.models import build_model, build_tokenizer
     from tests.helpers import compose_cfg
 
@@ -52,7 +52,7 @@ def timed_run(overrides: list[str], run_dir: Path, steps: int) -> dict[str, floa
     import lightning as L
     from omegaconf import open_dict
 
-    from hydralign.train import run
+    from hydralign.run.job import run
     from tests.helpers import compose_cfg
 
     step_times: list[float] = []

@@ -47,7 +47,7 @@ def main() -> None:
     from mlflow.tracking import MlflowClient
     from omegaconf import OmegaConf
 
-    from hydralign.tracking import tracking_uri
+    from hydralign.tracking.store import tracking_uri
 
     os.chdir(REPO)  # the default store is relative to where the command ran
     client = MlflowClient(tracking_uri(OmegaConf.load(run_dir / "config.yaml").logger.tracking_uri))

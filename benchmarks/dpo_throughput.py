@@ -1,6 +1,6 @@
 """DPO training-step throughput and memory: hydralign as users run it vs a bare PyTorch DPO loop.
 
-hydralign's side is ``hydralign.train.run(cfg, callbacks=[StepTimer()])``: the Trainer as ``train.py``
+hydralign's side is ``hydralign.run.job.run(cfg, callbacks=[StepTimer()])``: the Trainer as ``train.py``
 builds it (``build_trainer``: its checkpoint callbacks, StartupTimer, TokensSeen, the MLflow logger on a
 private SQLite store, the progress bar), the data module, ``DPOModule`` with its frozen reference copy.
 The bare loop gets the same model init, the same pairs and micro-batches (the same window schedule over
@@ -52,7 +52,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import dpo_data  # noqa: E402
 from hydralign.data.batching import TrainMicroBatches, WindowSchedule  # noqa: E402
-from hydralign.schedules import lr_factor  # noqa: E402
+from hydralign.optim.schedules import lr_factor  # noqa: E402
 from tests.helpers import compose_cfg  # noqa: E402
 
 WARMUP = 5
@@ -114,7 +114,7 @@ class StepTimer(Callback):
 
 
 def run_hydralign(cfg) -> dict:
-    from hydralign.train import run
+    from hydralign.run.job import run
 
     timer = StepTimer()
     t0 = time.perf_counter()
@@ -133,12 +133,12 @@ def run_hydralign(cfg) -> dict:
 
 # --- the bare loop ----------------------------------------------------------------------------
 def load_components(cfg):
-    """Tokenizer, tokenized pairs and the plan, as hydralign.train._train builds them."""
+    """Tokenizer, tokenized pairs and the plan, as hydralign.run.job._train builds them."""
+    from hydralign.data.chat import template_for
     from hydralign.data.module import PostTrainingData
-    from hydralign.data.templates import template_for
-    from hydralign.methods.registry import get_method
+    from hydralign.methods.specs import get_method
     from hydralign.models import build_tokenizer
-    from hydralign.plan import make_plan
+    from hydralign.plan.core import make_plan
 
     spec = get_method(cfg.method.name)
     template = template_for(cfg.model.chat_template)

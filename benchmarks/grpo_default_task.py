@@ -5,7 +5,7 @@ raises val exact match by >= 0.2 absolute within 10 minutes of wall clock, valid
         --init-from outputs/bench/grpo_default/sft3000:step=N [override ...]
 
 runs what a user runs, ``python -m hydralign method=grpo init_from=<ref> <overrides>``, through
-``hydralign.train.run`` with the composed config (MLflow logging as by default, into this run's own store),
+``hydralign.run.job.run`` with the composed config (MLflow logging as by default, into this run's own store),
 and prints: the whole run's wall clock (start-up, every validation and the final export included), the
 validation curve (step, episodes, seconds since launch, val/exact_match, val/loss) and the sampled reward
 per logged step, then whether the target was met: the LAST validation's exact match minus the step-0
@@ -36,7 +36,7 @@ def main() -> None:
     import lightning as L
     from omegaconf import open_dict
 
-    from hydralign.train import run
+    from hydralign.run.job import run
     from tests.helpers import compose_cfg
 
     run_dir = Path(args.run_dir or REPO / "outputs" / "bench" / "grpo_default" / time.strftime("%Y%m%d-%H%M%S"))
@@ -70,7 +70,7 @@ def main() -> None:
     run(cfg, callbacks=[curve])
     wall = time.perf_counter() - launched
 
-    from hydralign.plan import make_plan
+    from hydralign.plan.core import make_plan
 
     per_step = make_plan(cfg).rollout.episodes_per_step
     print(f"\nwhole run: {wall:.1f} s (budget {BUDGET_S:.0f} s); run dir {run_dir}")

@@ -27,8 +27,8 @@ from hydralign.data.batching import TrainMicroBatches, WindowSchedule
 from hydralign.data.tokenize import Example
 from hydralign.losses.token_ce import token_nll_sum
 from hydralign.methods.sft import SFTModule
-from hydralign.plan import make_plan
-from hydralign.schedules import lr_factor
+from hydralign.optim.schedules import lr_factor
+from hydralign.plan.core import make_plan
 from tests.helpers import compose_cfg
 
 WARMUP = 5
@@ -37,8 +37,8 @@ PBAR = os.environ.get("PBAR", "1") == "1"  # PBAR=0 measures without the progres
 
 def model_and_data(name: str, cfg):
     if name == "tiny":
+        from hydralign.data.chat import get_template
         from hydralign.data.module import PostTrainingData
-        from hydralign.data.templates import get_template
         from hydralign.models import build_model, build_tokenizer
 
         template = get_template(cfg.model.chat_template)
@@ -104,7 +104,7 @@ class StepTimer(Callback):
 
 
 def hydralign(cfg, plan, build, examples, pad_id) -> list[float]:
-    from hydralign.tracking import make_logger
+    from hydralign.tracking.recorder import make_logger
 
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:

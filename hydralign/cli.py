@@ -15,7 +15,7 @@ from typing import Optional
 import hydra
 from omegaconf import DictConfig
 
-from hydralign.config.schema import register
+from hydralign.config.store import register
 from hydralign.errors import ConfigError, DataError
 
 
@@ -40,29 +40,30 @@ def _job_title() -> str:
 
 def task(cfg: DictConfig) -> Optional[float]:
     started = time.time()
-    from hydralign.hardware import check_machine
-    from hydralign.plan import format_plan, make_plan
+    from hydralign.distributed.machine import check_machine
+    from hydralign.plan.core import make_plan
+    from hydralign.plan.format import format_plan
 
     try:
         plan = make_plan(cfg)
         if cfg.dry_run:
             print(format_plan(plan, title=_job_title()), flush=True)
             return None
-        from hydralign.slurm import join_slurm_step
+        from hydralign.distributed.slurm import join_slurm_step
 
         _refuse_slurm_single_run()
         join_slurm_step()  # a task of a SLURM job (submitit, srun): this process is one rank of it
         check_machine(cfg.hardware)
-        from hydralign.console import configure_console
-        from hydralign.train import objective, run
+        from hydralign.run.console import configure_console
+        from hydralign.run.job import objective, run
 
         configure_console()
-        from hydralign.launch import apply_env, launch, needs_launch
+        from hydralign.distributed.launch import apply_env, launch, needs_launch
 
         apply_env(cfg.hardware)  # NCCL settings, before any process group (ranks started below inherit them)
 
         if needs_launch(cfg.hardware):  # one node, several devices: hydralign starts the ranks itself
-            from hydralign.train import default_run_dir
+            from hydralign.run.job import default_run_dir
 
             metrics = launch(cfg, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
         else:
@@ -71,7 +72,7 @@ def task(cfg: DictConfig) -> Optional[float]:
         print(f"hydralign: {err}", file=sys.stderr, flush=True)
         if _in_multirun():
             # This job fails and the sweep goes on. A basic-sweeper grid was planned cell by cell before
-            # it started (hydralign.sweep_check), so here it is a cell an Optuna sweeper sampled, or an
+            # it started (hydralign.sweep.grid_check), so here it is a cell an Optuna sweeper sampled, or an
             # error only the loaded data reveals.
             raise
         sys.exit(2)
@@ -89,7 +90,7 @@ def _refuse_slurm_single_run() -> None:
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
-    from hydralign.slurm import SLURM_LAUNCHER
+    from hydralign.distributed.slurm import SLURM_LAUNCHER
 
     try:
         target = OmegaConf.select(HydraConfig.get(), "launcher._target_", default=None)
@@ -120,7 +121,7 @@ def _flags_first(argv: list[str]) -> list[str]:
 
 
 def _reference_keys() -> tuple[str, ...]:
-    from hydralign.lineage import REFERENCES
+    from hydralign.checkpoints.references import REFERENCES
 
     return (*REFERENCES, "resume")  # values that may carry a :step=N-like selector
 

@@ -132,7 +132,7 @@ def resolve(target: str, tracking_uri: Optional[str]) -> tuple[str, str, Path]:
                              "dry_run?); pass a parent run id with --tracking-uri instead")
         info = json.loads(info_file.read_text())
         return tracking_uri or info["tracking_uri"], info["parent_run_id"], path
-    from hydralign.tracking import tracking_uri as default_uri
+    from hydralign.tracking.store import tracking_uri as default_uri
 
     return default_uri(tracking_uri), target, Path("outputs") / "reports" / target
 

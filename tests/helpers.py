@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hydralign.cli import config_dir
-from hydralign.config.schema import register
+from hydralign.config.store import register
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(config_dir())

@@ -19,13 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from hydra_plugins.hydralign_optuna_sweeper._outcome import TrialsFailed, failure_report, outcome
 from hydra_plugins.hydralign_optuna_sweeper._samplers import build_sampler, sampler_spec
 from hydra_plugins.hydralign_optuna_sweeper._space import SearchSpace, override_value
-from hydralign.optuna_study import (
-    DEFAULT_STORAGE_DIR,
-    STUDY_FILE,
-    make_pruner,
-    make_storage,
-    write_study_file,
-)
+from hydralign.sweep.study import DEFAULT_STORAGE_DIR, STUDY_FILE, make_pruner, make_storage, write_study_file
 
 log = logging.getLogger(__name__)
 State = optuna.trial.TrialState

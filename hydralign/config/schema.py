@@ -1,6 +1,6 @@
 """Typed schemas for every config group. Pure: imports no torch.
 
-Registered in Hydra's ConfigStore as ``config_schema`` and used as the first entry of
+Registered in Hydra's ConfigStore as ``config_schema`` (hydralign.config.store) and used as the first entry of
 ``conf/config.yaml``'s defaults, so a misspelled key or a wrong type fails at composition with
 Hydra's own message (e.g. ``Key 'lrr' not in 'OptimizerConfig'``).
 """
@@ -48,86 +48,16 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """The post-training method. Each method's own schema (``hydralign/methods/registry.py``)
+    """The post-training method. Each method's own schema (``hydralign/methods/specs/<name>.py``)
     extends this one and is the first default of ``conf/method/<name>.yaml``, so a key the
     chosen method does not have fails at composition."""
 
-    name: str = MISSING  # one of hydralign.methods.registry.METHODS
-
-
-@dataclass
-class SFTConfig(MethodConfig):
-    """Supervised fine-tuning: token cross-entropy over the whole accumulated batch's loss tokens."""
-
-    completion_only: bool = True  # loss on assistant/completion tokens only (false: every token)
-
-
-@dataclass
-class DPOConfig(MethodConfig):
-    """Direct preference optimization and its family (hydralign.losses.preference)."""
-
-    # One loss or a list: sigmoid | ipo | hinge | robust | sigmoid_norm | simpo | sft.
-    # ["sigmoid", "sft"] with loss_weights [1.0, 1.0] is RPO (DPO + NLL on the chosen answer).
-    loss_type: Any = "sigmoid"
-    loss_weights: Optional[list[float]] = None  # one per loss_type (null: all 1.0)
-    beta: float = 0.1  # KL strength: higher keeps the policy closer to the reference
-    label_smoothing: float = 0.0  # conservative DPO / robust DPO: assumed label-noise rate in [0, 0.5)
-    gamma_beta_ratio: float = 0.5  # SimPO's target margin gamma / beta
-    precompute_ref: bool = False  # reference log-probs computed once and cached on disk (shared by a sweep)
-    ref_cache_dir: Optional[str] = None  # null: <cwd>/outputs/cache/reference_logps
-
-
-@dataclass
-class GRPOConfig(MethodConfig):
-    """Group relative policy optimization with verifiable rewards (hydralign/methods/grpo.py, losses in
-    hydralign/losses/grpo.py, verifiers in hydralign/rewards.py). Names follow TRL's GRPOConfig. One
-    rollout batch = prompts_per_step x num_generations samples (episodes) over all devices; it is cut
-    into num_mini_batches mini-batches (one optimizer step each), each into batch.micro samples per device
-    per forward, and passed over num_iterations times."""
-
-    prompts_per_step: int = 16  # distinct prompts per rollout batch, all devices
-    num_generations: int = 4  # samples per prompt (the group its advantages are normalized in)
-    num_mini_batches: int = 1  # optimizer steps per pass over a rollout batch
-    num_iterations: int = 1  # passes over each rollout batch (> 1: old log-probs kept from generation)
-    total_episodes: Optional[int] = None  # budget in episodes (samples); sets the steps (null: trainer.max_steps)
-    max_completion_length: Optional[int] = None  # new tokens per sample (null: eval.max_new_tokens)
-    temperature: float = 1.0  # sampling temperature (log-probs are taken at the same temperature)
-    loss_type: str = "dapo"  # grpo (per-sequence mean) | dapo (token mean of the step) | dr_grpo (constant)
-    scale_rewards: str = "group"  # group | batch | none: the std advantages are divided by
-    epsilon: float = 0.2  # lower clip: ratio >= 1 - epsilon
-    epsilon_high: Optional[float] = None  # upper clip (DAPO's clip-higher: 0.28); null: epsilon
-    beta: float = 0.0  # KL to the reference (k3); 0: no reference loaded
-    mask_truncated_completions: bool = False  # completions that hit max_completion_length add no loss
-    rewards: dict[str, float] = field(default_factory=lambda: {"exact_answer": 1.0})  # verifier: weight
-    # source (a prompt record's `dataset` field) -> {verifier: weight}; other sources use `rewards`
-    rewards_by_source: dict[str, dict[str, float]] = field(default_factory=dict)
-    format_pattern: Optional[str] = None  # the format verifier's regex (null: <think>..</think><answer>..</answer>)
-    completion_only: bool = True  # validation loss on the reference answers' tokens only
-
-
-@dataclass
-class DistillConfig(MethodConfig):
-    """Knowledge distillation from a frozen teacher into the policy, the student (hydralign/methods/distill.py,
-    losses in hydralign/losses/distill.py)."""
-
-    # The teacher: a checkpoint reference (hydralign.lineage): <run dir>[:best|:last|:step=N|:epoch=N],
-    # runs:/<mlflow run id>[:selector] or a Hugging Face directory. Its tokenizer must be the student's.
-    teacher_from: Optional[str] = None
-    # forward_kl | reverse_kl | jsd (token-level, teacher forward each step) | seqkd (SFT on the teacher's
-    # greedy answers, generated once and cached) | minillm (on-policy reverse KL by policy gradient)
-    loss: str = "forward_kl"
-    temperature: float = 1.0  # forward_kl / reverse_kl / jsd: softmax temperature; the loss is scaled by T^2
-    jsd_beta: float = 0.5  # jsd: 0 = forward KL, 1 = reverse KL (TRL's GKD convention)
-    sft_weight: float = 0.0  # adds this x the student's NLL on the data (MiniLLM's pretraining-loss term)
-    teacher_mix: float = 0.0  # minillm: share of the teacher in the sampling distribution (MiniLLM: 0.2)
-    max_new_tokens: Optional[int] = None  # seqkd / minillm answers (null: eval.max_new_tokens)
-    cache_dir: Optional[str] = None  # seqkd answers (null: <cwd>/outputs/cache/teacher_generations)
-    completion_only: bool = True  # losses on completion tokens only (seqkd / minillm need the prompts)
+    name: str = MISSING  # one of hydralign.methods.specs.METHODS
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"  # adamw | adamw_fused | sgd | adafactor (hydralign/optimizers.py)
+    name: str = "adamw"  # adamw | adamw_fused | sgd | adafactor (hydralign/optim/optimizers.py)
     lr: float = "${lr}"  # type: ignore[assignment]  # the top-level lr, so sweeps override one key
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw
     eps: float = 1e-8  # adamw
@@ -328,31 +258,3 @@ class Config:
     # Passed through to lightning.Trainer. trainer.max_steps or trainer.max_epochs sets the length
     # of training; the plan turns epochs into optimizer steps.
     trainer: dict[str, Any] = field(default_factory=dict)
-
-
-def register() -> None:
-    from hydra.core.config_store import ConfigStore
-
-    from hydralign.methods.registry import METHODS
-
-    store = ConfigStore.instance()
-    store.store(name="config_schema", node=Config)
-    for name, spec in METHODS.items():  # conf/method/<name>.yaml starts from <name>_schema
-        store.store(group="method", name=f"{name}_schema", node=spec.schema)
-    _rename_slurm_launcher(store)
-
-
-def _rename_slurm_launcher(store: Any) -> None:
-    """hydra-submitit-launcher's SLURM config (ConfigStore ``hydra/launcher/submitit_slurm``) moves to
-    ``submitit_slurm_base``, which ``conf/hydra/launcher/submitit_slurm.yaml`` extends with the hardware preset's
-    resources. conf/ comes first on Hydra's search path, so ``hydra/launcher=submitit_slurm`` picks that file;
-    were the plugin's node left under the same name, Hydra would also merge it into the file as a schema
-    ("automatic schema matching", deprecated since Hydra 1.1, with a warning on every run)."""
-    from hydra.core.plugins import Plugins
-
-    Plugins.instance()  # imports every plugin once (it re-runs their modules): the plugin's node is stored now
-    launchers = store.repo.get("hydra", {}).get("launcher", {})
-    node = launchers.pop("submitit_slurm.yaml", None)
-    if node is not None:
-        node.name = "submitit_slurm_base.yaml"
-        launchers[node.name] = node

@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from hydralign.data.templates import Segment
+from hydralign.data.segments import Segment
 from hydralign.errors import ConfigError
 
 GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")

@@ -24,7 +24,7 @@ from hydralign.data.templates import ChatTemplate
 from hydralign.data.tokenize import GenerationExample, TokenizeStats, encode, generation_examples
 from hydralign.errors import ConfigError, DataError
 from hydralign.models.inputs import check_packing_support
-from hydralign.plan import Plan
+from hydralign.plan.core import Plan
 
 
 def _converter(cfg: Any, kind: str, skipped: dict[str, dict[str, int]]) -> Callable[[Any, str, str], Any]:

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from hydralign.data.batching import EpochPermutation
 from hydralign.data.tokenize import GenerationExample
-from hydralign.plan import RolloutPlan
+from hydralign.plan.rollout import RolloutPlan
 from hydralign.rewards import source_of
 
 

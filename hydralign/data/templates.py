@@ -7,11 +7,9 @@ exported model formats prompts the way it was trained.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from hydralign.errors import ConfigError
-
-Segment = tuple[str, bool]  # (text, is the loss computed on it)
+from hydralign.data.segments import Segment
 
 
 @dataclass(frozen=True)
@@ -83,25 +81,3 @@ TULU = ChatTemplate(
 
 TEMPLATES = {t.name: t for t in (CHATML, TULU)}
 NAMES = (*TEMPLATES, "auto")
-
-
-def template_for(name: str, tokenizer: Any = None):
-    """``chatml``/``tulu``: the hand-written ChatTemplate; ``auto``: the tokenizer's own chat template
-    behind the same interface (``hydralign.data.chat_auto.AutoChatTemplate``)."""
-    if name == "auto":
-        if tokenizer is None:
-            raise ValueError("template_for('auto') needs the tokenizer whose chat template it renders")
-        from hydralign.data.chat_auto import AutoChatTemplate
-
-        return AutoChatTemplate(tokenizer)
-    if name not in TEMPLATES:
-        raise ConfigError(f"model.chat_template={name} is unknown; choose one of: {', '.join(NAMES)}")
-    return TEMPLATES[name]
-
-
-def get_template(name: str) -> ChatTemplate:
-    """A hand-written template by name (``auto`` needs the tokenizer: use template_for)."""
-    if name == "auto":
-        raise ConfigError("model.chat_template=auto renders with the tokenizer's own template: "
-                          "build it with template_for('auto', tokenizer)")
-    return template_for(name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hydralign.data.templates import ChatTemplate, Segment
+from hydralign.data.segments import Segment
+from hydralign.data.templates import ChatTemplate
 
 IGNORE = -100
 

@@ -1,2 +1,2 @@
 """Post-training methods: one LightningModule base, one small subclass per method, listed once in
-``hydralign.methods.registry.METHODS``."""
+``hydralign.methods.specs.METHODS``."""

@@ -17,11 +17,11 @@ import lightning as L
 import torch
 
 from hydralign.data.tokenize import GenerationExample
+from hydralign.distributed.strategies import loss_multiplier
 from hydralign.evaluation import exact_match, exact_match_flex, is_repetitive
-from hydralign.optimizers import build_optimizer
-from hydralign.plan import Plan
-from hydralign.schedules import lr_factor
-from hydralign.strategies import loss_multiplier
+from hydralign.optim.optimizers import build_optimizer
+from hydralign.optim.schedules import lr_factor
+from hydralign.plan.core import Plan
 
 
 class PostTrainingModule(L.LightningModule):
@@ -45,12 +45,12 @@ class PostTrainingModule(L.LightningModule):
     @classmethod
     def check_before_models(cls, cfg: Any, tokenizer: Any) -> None:
         """Checks that need the tokenizer but no model (distillation: the teacher's tokenizer is the
-        student's). ``hydralign.train`` runs them before any data or model loads. None by default."""
+        student's). ``hydralign.run.job`` runs them before any data or model loads. None by default."""
 
     @classmethod
     def check_data(cls, cfg: Any, data: Any) -> None:
         """Checks that need the loaded data but no model (GRPO: every routed source occurs in it).
-        ``hydralign.train`` runs them right after the data loads. None by default."""
+        ``hydralign.run.job`` runs them right after the data loads. None by default."""
 
     @classmethod
     def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:
@@ -87,11 +87,11 @@ class PostTrainingModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """hardware.strategy=fsdp: shard the policy (and every frozen model, with no optimizer state) with
-        FSDP2 and fill the shards with rank 0's weights (``hydralign.strategies.shard_from_rank0``). Lightning
+        FSDP2 and fill the shards with rank 0's weights (``hydralign.distributed.fsdp.shard_from_rank0``). Lightning
         calls this before every fit and validate; the model is sharded once. Other strategies: nothing."""
         if self.plan.strategy != "fsdp" or self._sharded:
             return
-        from hydralign.strategies import shard_from_rank0
+        from hydralign.distributed.fsdp import shard_from_rank0
 
         strategy = self.trainer.strategy
         mesh, device = strategy.device_mesh["data_parallel"], strategy.root_device
@@ -104,8 +104,8 @@ class PostTrainingModule(L.LightningModule):
 
     # --- checkpoints -----------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """What a resume checks before anything is built (``hydralign.resume.check_resumable``)."""
-        from hydralign.resume import compat_signature
+        """What a resume checks before anything is built (``hydralign.checkpoints.resume.check_resumable``)."""
+        from hydralign.checkpoints.resume import compat_signature
 
         checkpoint["hydralign"] = {"compat": compat_signature(self.cfg), "world_size": self.plan.world_size,
                                    "grad_accum": self.plan.grad_accum, "micro_batch": self.plan.micro_batch,
@@ -114,7 +114,7 @@ class PostTrainingModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Another world size (another accumulation for the same effective batch) or a longer run: the
         loop counters are re-derived from the optimizer steps done."""
-        from hydralign.resume import rederive_loop_progress
+        from hydralign.checkpoints.resume import rederive_loop_progress
 
         rederive_loop_progress(checkpoint, self.plan.grad_accum, self.plan.total_steps)
 

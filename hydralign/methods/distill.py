@@ -1,5 +1,5 @@
 """Knowledge distillation: the policy (the student) learns from a frozen teacher named by
-``method.teacher_from`` (any checkpoint reference, ``hydralign.lineage``); ``method.loss`` picks how.
+``method.teacher_from`` (any checkpoint reference, ``hydralign.checkpoints.references``); ``method.loss`` picks how.
 
     forward_kl | reverse_kl | jsd   token-level, on the data's completion tokens: one teacher forward and one
                                     student forward per micro-batch (``hydralign.losses.distill``)
@@ -48,13 +48,13 @@ Tensor = torch.Tensor
 # --- the teacher -----------------------------------------------------------------------------------
 def teacher_dir_of(cfg: Any) -> Path:
     """The Hugging Face directory of ``method.teacher_from`` (a training checkpoint is exported once)."""
-    from hydralign.lineage import resolve_model_dir
+    from hydralign.checkpoints.references import resolve_model_dir
 
     return resolve_model_dir(str(cfg.method.teacher_from), cfg.logger.tracking_uri, what="method.teacher_from")
 
 
 def student_tokenizer(cfg: Any):
-    """The student's tokenizer exactly as ``hydralign.train`` builds it (template markers included)."""
+    """The student's tokenizer exactly as ``hydralign.run.job`` builds it (template markers included)."""
     from hydralign.models import tokenizer_and_template
 
     return tokenizer_and_template(cfg.model)[0]

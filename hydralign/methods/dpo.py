@@ -12,7 +12,7 @@ from hydralign.losses.chunked_ce import chunked_sequence_logps, decoder_hidden
 from hydralign.losses.preference import preference_loss
 from hydralign.losses.token_ce import segment_logps, sequence_logps
 from hydralign.methods.base import PostTrainingModule
-from hydralign.methods.registry import dpo_needs_reference
+from hydralign.methods.specs.dpo import needs_reference as dpo_needs_reference
 from hydralign.models.inputs import model_inputs
 from hydralign.models.peft import adapters_disabled
 

@@ -39,7 +39,7 @@ def _hash_file(path: Path, h: Any) -> None:
 def weights_identity(cfg: Any) -> dict[str, Any]:
     """What the reference's weights are, without reading the model: file contents by hash where the
     weights come from files, else the random-init recipe (architecture and seed)."""
-    from hydralign.lineage import resolve_weights
+    from hydralign.checkpoints.references import resolve_weights
 
     mcfg = OmegaConf.to_container(cfg.model, resolve=True)
     ident: dict[str, Any] = {"dtype": mcfg["dtype"], "precision": cfg.hardware.precision,

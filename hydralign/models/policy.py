@@ -9,7 +9,8 @@ from typing import Any, Optional
 
 import torch
 
-from hydralign.data.templates import TEMPLATES, ChatTemplate, template_for
+from hydralign.data.chat import template_for
+from hydralign.data.templates import TEMPLATES, ChatTemplate
 from hydralign.errors import ConfigError
 from hydralign.models.peft import quantization_kwargs
 
@@ -135,8 +136,8 @@ def check_architecture(model: torch.nn.Module, hf_dir: Path, source: str) -> Non
 def load_weights(model: torch.nn.Module, source: str) -> None:
     """``init_from``: an HF directory (safetensors), a hydralign run directory (its exported model, or the
     checkpoint a selector such as ``:best`` picks) or a Lightning checkpoint (weights_only), as
-    ``hydralign.lineage.resolve_weights`` finds it."""
-    from hydralign.lineage import resolve_weights
+    ``hydralign.checkpoints.references.resolve_weights`` finds it."""
+    from hydralign.checkpoints.references import resolve_weights
 
     path = resolve_weights(source)
     if path.is_dir():
@@ -148,7 +149,7 @@ def load_weights(model: torch.nn.Module, source: str) -> None:
         for f in sorted(path.glob("*.safetensors")):
             state.update(load_file(str(f)))
     else:
-        from hydralign.model_export import checkpoint_weights
+        from hydralign.checkpoints.export import checkpoint_weights
 
         state = checkpoint_weights(path)  # a .ckpt file, or an FSDP2 checkpoint's shards
         if any(".lora_" in k for k in state):  # a PEFT run's checkpoint: its exported hf_model/ is merged

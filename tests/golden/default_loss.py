@@ -33,7 +33,7 @@ class StopAt(Callback):
 
 def first_losses(tmp: Path) -> list[float]:
     """The default config untouched but for where it writes; the run stops once 50 steps are done."""
-    from hydralign.train import run
+    from hydralign.run.job import run
 
     cfg = compose_cfg([f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db", "trainer.enable_progress_bar=false"])
     with open_dict(cfg):

@@ -57,7 +57,8 @@ def all_configs() -> dict[str, list[str]]:
 def printed_plan(overrides: list[str]) -> str:
     """What ``python -m hydralign <overrides> dry_run=true`` prints (its title names the overrides)."""
     from hydralign.errors import ConfigError
-    from hydralign.plan import format_plan, make_plan
+    from hydralign.plan.core import make_plan
+    from hydralign.plan.format import format_plan
 
     try:
         plan = make_plan(compose_cfg(overrides))

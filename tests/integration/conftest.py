@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hydralign.train import run
+from hydralign.run.job import run
 from tests.helpers import tiny_cfg
 
 # The default task, shrunk to 2-digit sums so a CI-sized run learns it (val exact match 0.99 here; the task's

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from hydralign.data.batching import WindowSchedule
-from hydralign.train import run
+from hydralign.run.job import run
 
 SPLITS = [(8, 1), (4, 2), (2, 4)]  # (micro, grad_accum) at effective batch 8
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from hydralign.train import run
+from hydralign.run.job import run
 from tests.helpers import CONF, compose_cfg, tiny_cfg
 from tests.integration.test_dpo_cards import EXPECTED as DPO_CARDS
 from tests.integration.test_dpo_cards import SFT_CARDS as QLORA_SFT_CARDS

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hydralign.errors import ConfigError
-from hydralign.train import run
+from hydralign.run.job import run
 from tests.helpers import tiny_cfg
 from tests.recorder import Recorder
 
@@ -34,8 +34,8 @@ def _distill(tmp, teacher, overrides) -> tuple[dict, Recorder]:
 @pytest.fixture(scope="module")
 def random_teacher(tmp_path_factory):
     """A random-init tiny model exported with the char tokenizer: a teacher for the mechanics (no training)."""
-    from hydralign.checkpoints import export_hf
-    from hydralign.data.templates import template_for
+    from hydralign.checkpoints.saving import export_hf
+    from hydralign.data.chat import template_for
     from hydralign.models import build_model, build_tokenizer
 
     cfg = tiny_cfg(tmp_path_factory.mktemp("t"), ["model.hidden_size=64", "model.num_layers=2"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from hydralign.train import run
+from hydralign.run.job import run
 from tests.helpers import tiny_cfg
 from tests.recorder import Recorder
 

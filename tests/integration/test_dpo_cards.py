@@ -14,8 +14,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from hydralign.errors import ConfigError
-from hydralign.plan import make_plan
-from hydralign.train import run
+from hydralign.plan.core import make_plan
+from hydralign.run.job import run
 from tests.helpers import CONF, REPO, compose_cfg, tiny_cfg
 
 # card -> the recipe's numbers. world = nodes x devices; eff = world x micro x accum.
@@ -92,7 +92,7 @@ def test_tulu_cards_differ_only_in_the_batch():
 
 @pytest.mark.parametrize("card", QLORA_CARDS)
 def test_qlora_card_plans_here_but_is_refused_on_cpu_hardware(card, monkeypatch):
-    from hydralign.hardware import check_machine
+    from hydralign.distributed.machine import check_machine
 
     cfg = compose_cfg([f"experiment={card}"])
     assert cfg.peft.load_in_4bit and cfg.peft.target_modules == "all-linear"
@@ -137,7 +137,7 @@ def test_card_trains_at_tiny_scale(card, tmp_path):
 def test_dpo_sweep_composes_to_its_grid():
     lines = (REPO / "sweeps" / "dpo_beta_lr.yaml").read_text().splitlines()
     assert lines[0] == "# @package _global_" and "init_from=<sft run dir>" in lines[1]
-    from hydralign.config.schema import register
+    from hydralign.config.store import register
 
     register()
     with initialize_config_dir(str(CONF), version_base="1.3"):

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 
 from hydralign import rewards as R
 from hydralign.errors import ConfigError
-from hydralign.train import run
+from hydralign.run.job import run
 from tests.helpers import tiny_cfg
 
 TASK = ["method=grpo", "logger=none", "data.arithmetic.max_digits=2", "data.arithmetic.num_train=4000",
@@ -128,7 +128,7 @@ def test_tulu3_rlvr_card_trains_at_tiny_scale_routing_each_source(tmp_path, monk
     index = json.loads((tmp_path / "run" / "checkpoints" / "index.json").read_text())
     steps = sorted(c["step"] for name, c in index["checkpoints"].items() if name.startswith("step"))
     assert steps == [1, 2]
-    from hydralign.lineage import forget, resolve_reference
+    from hydralign.checkpoints.references import forget, resolve_reference
 
     forget()
     assert resolve_reference(f"{tmp_path / 'run'}:best").lineage["step"] in ("1", "2")

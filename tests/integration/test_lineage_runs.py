@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from hydralign import checkpoint_index, lineage
-from hydralign.train import run
+from hydralign.checkpoints import index as checkpoint_index
+from hydralign.checkpoints import references as lineage
+from hydralign.run.job import run
 from tests.helpers import tiny_cfg
 
 SHORT = ["trainer.max_steps=6", "eval.every_n_steps=2", "checkpoint.every_n_steps=2", "checkpoint.keep_last_k=2",

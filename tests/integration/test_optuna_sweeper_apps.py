@@ -13,7 +13,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from hydralign.optuna_study import make_storage
+from hydralign.sweep.study import make_storage
 
 APP = '''
 import hydra

@@ -1,4 +1,4 @@
-"""data.packing through the path users run (hydralign.train.run): padding-free micro-batches train exactly
+"""data.packing through the path users run (hydralign.run.job.run): padding-free micro-batches train exactly
 like padded ones (same examples per step, same losses); packed rows train with each step's loss still
 divided once by its units."""
 
@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from hydralign.train import run
+from hydralign.run.job import run
 from tests.helpers import tiny_cfg
 from tests.recorder import Recorder
 

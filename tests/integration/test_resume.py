@@ -8,7 +8,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from hydralign.train import run
+from hydralign.run.job import run
 from tests.helpers import tiny_cfg
 
 COMMON = ["trainer.max_steps=12", "eval.every_n_steps=4", "checkpoint.every_n_steps=4", "logger=none",

@@ -28,7 +28,7 @@ class Curve(L.Callback):
         self.sharded: list[str] = []
 
     def on_train_start(self, trainer, module) -> None:
-        from hydralign.strategies import is_sharded
+        from hydralign.distributed.fsdp import is_sharded
 
         models = {"model": module.model, **module._frozen}
         self.sharded = [name for name, model in models.items() if is_sharded(model)]
@@ -55,7 +55,7 @@ class Curve(L.Callback):
 
 
 def main(out: Path, overrides: list[str]) -> None:
-    from hydralign.train import run
+    from hydralign.run.job import run
 
     cfg = compose_cfg(["logger=none", "checkpoint.export_hf=false", "trainer.enable_progress_bar=false",
                        "trainer.log_every_n_steps=1", *overrides])

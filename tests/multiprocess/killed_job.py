@@ -24,7 +24,7 @@ class SigkillMidStep(L.Callback):
 
 
 def main(step: int, run_dir: str, overrides: list[str]) -> None:
-    from hydralign.train import run
+    from hydralign.run.job import run
 
     cfg = compose_cfg(overrides)
     with open_dict(cfg):

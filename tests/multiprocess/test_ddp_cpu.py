@@ -43,7 +43,7 @@ def test_two_process_ddp_matches_one_process_started_either_way(tmp_path):
 def test_pruning_under_ddp_stops_every_rank_together(tmp_path):
     import optuna
 
-    from hydralign.optuna_study import make_storage, write_study_file
+    from hydralign.sweep.study import make_storage, write_study_file
 
     journal = str(tmp_path / "study.journal")
     study = optuna.create_study(study_name="ddp", storage=make_storage(journal), direction="maximize")

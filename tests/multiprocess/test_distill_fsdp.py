@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    from hydralign.checkpoints import export_hf
-    from hydralign.data.templates import template_for
+    from hydralign.checkpoints.saving import export_hf
+    from hydralign.data.chat import template_for
     from hydralign.models import build_model, build_tokenizer
     from tests.helpers import compose_cfg
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from hydralign.launch import RankFailed, rank_env, supervise
+from hydralign.distributed.launch import RankFailed, rank_env, supervise
 
 pytestmark = pytest.mark.slow
 

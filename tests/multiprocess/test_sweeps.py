@@ -14,7 +14,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hydralign.optuna_study import make_storage
+from hydralign.sweep.study import make_storage
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,9 @@ import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
+from hydralign.data.chat import get_template, template_for
 from hydralign.data.chat_auto import AutoChatTemplate
-from hydralign.data.templates import CHATML, TULU, get_template, template_for
+from hydralign.data.templates import CHATML, TULU
 from hydralign.data.tokenize import IGNORE, encode, generation_examples, tokenize_segments
 from hydralign.errors import ConfigError
 from hydralign.models import char_tokenizer

@@ -107,7 +107,7 @@ def test_sft_with_chunked_loss_gives_the_same_loss_curve(tmp_path):
     equal those without (the decoder's hidden states, then the chunked head, through the SFT module)."""
     from lightning.pytorch.callbacks import Callback
 
-    from hydralign.train import run
+    from hydralign.run.job import run
     from tests.helpers import tiny_cfg
 
     class Recorder(Callback):
@@ -144,7 +144,7 @@ def test_sft_with_chunked_loss_gives_the_same_loss_curve(tmp_path):
 ])
 def test_plan_refuses_what_the_chunked_head_cannot_run(overrides, message):
     from hydralign.errors import ConfigError
-    from hydralign.plan import make_plan
+    from hydralign.plan.core import make_plan
     from tests.helpers import compose_cfg
 
     with pytest.raises(ConfigError, match=message):

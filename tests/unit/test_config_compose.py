@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from hydralign.plan import make_plan
+from hydralign.plan.core import make_plan
 from tests.helpers import CONF, compose_cfg
 
 GROUP_FILES = sorted(p for p in CONF.rglob("*.yaml") if p.parent != CONF)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from hydralign.errors import ConfigError
-from hydralign.plan import make_plan
+from hydralign.plan.core import make_plan
 from tests.helpers import compose_cfg
 
 TEACHER = "method.teacher_from=/some/run:best"
@@ -33,7 +33,7 @@ def test_refusals_name_the_fix(overrides, message):
 @pytest.mark.parametrize("loss, held", [("forward_kl", ("teacher",)), ("reverse_kl", ("teacher",)),
                                         ("jsd", ("teacher",)), ("minillm", ("teacher",)), ("seqkd", ())])
 def test_every_loss_plans_and_says_what_it_holds(loss, held):
-    from hydralign.methods.registry import get_method
+    from hydralign.methods.specs import get_method
 
     extra = ["method.teacher_mix=0.2"] if loss == "minillm" else []
     cfg = compose_cfg(["method=distill", TEACHER, f"method.loss={loss}"] + extra)

@@ -6,7 +6,8 @@ import pytest
 
 from hydralign.data.rollouts import RolloutSchedule
 from hydralign.errors import ConfigError
-from hydralign.plan import format_plan, make_plan
+from hydralign.plan.core import make_plan
+from hydralign.plan.format import format_plan
 from tests.helpers import compose_cfg
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hydralign import hardware
+from hydralign.distributed import machine as hardware
 from hydralign.errors import ConfigError
 from tests.helpers import compose_cfg
 
@@ -18,7 +18,7 @@ def test_cpu_presets(monkeypatch):
     monkeypatch.delenv("LOCAL_RANK", raising=False)
     monkeypatch.delenv("SLURM_PROCID", raising=False)
     hardware.check_machine(hw("cpu"))
-    hardware.check_machine(hw("cpu_2proc"))  # one node: hydralign starts the ranks itself (hydralign.launch)
+    hardware.check_machine(hw("cpu_2proc"))  # one node: hydralign starts the ranks itself (hydralign.distributed.launch)
     monkeypatch.setenv("LOCAL_RANK", "0")
     hardware.check_machine(hw("cpu_2proc"))  # or joins the ranks torchrun started
 
@@ -45,7 +45,7 @@ def test_multi_node_needs_a_launcher(monkeypatch):
     monkeypatch.setenv("SLURM_NNODES", "4")
     with pytest.raises(ConfigError, match=r"submit it to SLURM"):  # a batch script's own process is no rank
         hardware.check_machine(hw("4x8xA100"))
-    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "32")  # one of srun's 32 tasks (hydralign.slurm joins it)
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "32")  # one of srun's 32 tasks (hydralign.distributed.slurm joins it)
     hardware.check_machine(hw("4x8xA100"))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from hydralign.checkpoints import export_hf
-from hydralign.data.templates import template_for
+from hydralign.checkpoints.saving import export_hf
+from hydralign.data.chat import template_for
 from hydralign.errors import ConfigError
 from hydralign.models import build_model, build_tokenizer
 from hydralign.models.policy import load_weights

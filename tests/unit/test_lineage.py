@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from hydralign import checkpoint_index, lineage
+from hydralign.checkpoints import index as checkpoint_index
+from hydralign.checkpoints import references as lineage
 from hydralign.errors import ConfigError
 
 # step -> validation metrics of a fake run: val/loss is lowest at step 200 (the later steps overfit)

@@ -9,7 +9,7 @@ import torch
 
 from hydralign.evaluation import exact_match, exact_match_flex, extract_answer, is_repetitive
 from hydralign.losses.token_ce import IGNORE, token_nll_sum
-from hydralign.schedules import lr_factor
+from hydralign.optim.schedules import lr_factor
 
 
 def test_token_nll_sum_hand_computed():

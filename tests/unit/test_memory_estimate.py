@@ -1,12 +1,13 @@
-"""The plan's per-device memory estimate (hydralign/memory.py): each piece against hand arithmetic for a small
+"""The plan's per-device memory estimate (hydralign/plan/memory.py): each piece against hand arithmetic for a small
 config, the fit verdict, its warning text and the overrides it suggests."""
 
 from __future__ import annotations
 
 import pytest
 
-from hydralign.memory import GIB
-from hydralign.plan import format_plan, make_plan
+from hydralign.plan.core import make_plan
+from hydralign.plan.format import format_plan
+from hydralign.plan.memory import GIB
 from tests.helpers import compose_cfg
 
 # model=tiny with a 100-token vocabulary: h=128, 4 layers, 4 heads (kv = h), I=256, untied head.
@@ -169,14 +170,14 @@ def test_every_gpu_preset_states_its_device_memory():
 
 
 def test_char_vocabulary_matches_the_tokenizer():
-    from hydralign.memory import char_vocab_size
     from hydralign.models import char_tokenizer
+    from hydralign.plan.memory import char_vocab_size
 
     assert char_vocab_size() == len(char_tokenizer())
 
 
 def test_estimate_is_logged_as_a_param():
-    from hydralign.tracking import config_params
+    from hydralign.tracking.recorder import config_params
 
     cfg = compose_cfg(SMALL)
     plan = make_plan(cfg)

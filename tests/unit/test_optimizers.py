@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hydralign.optimizers import OPTIMIZERS, build_optimizer
+from hydralign.optim.optimizers import OPTIMIZERS, build_optimizer
 from tests.helpers import compose_cfg
 
 EXPECTED = {"adamw": torch.optim.AdamW, "adamw_fused": torch.optim.AdamW, "sgd": torch.optim.SGD,

@@ -25,7 +25,7 @@ def test_plugin_is_discovered():
 def test_sweeps_file_selects_the_optuna_sweeper():
     from hydra import compose, initialize_config_dir
 
-    from hydralign.config.schema import register
+    from hydralign.config.store import register
     from tests.helpers import CONF
 
     register()
@@ -166,7 +166,7 @@ def test_where_reads_a_remote_traceback():
 def test_journal_storage_and_pruners(tmp_path):
     import optuna
 
-    from hydralign.optuna_study import make_pruner, make_storage
+    from hydralign.sweep.study import make_pruner, make_storage
 
     assert isinstance(make_storage(str(tmp_path / "s.journal")), optuna.storages.JournalStorage)
     assert make_storage("sqlite:///x.db") == "sqlite:///x.db"
@@ -177,7 +177,7 @@ def test_journal_storage_and_pruners(tmp_path):
 
 
 def test_a_job_finds_its_trial_from_the_environment(tmp_path):
-    from hydralign.optuna_study import job_trial, write_study_file
+    from hydralign.sweep.study import job_trial, write_study_file
 
     study = tmp_path / "study.json"
     write_study_file(study, {"study_name": "s", "storage": str(tmp_path / "s.journal"), "pruner": "none",
@@ -189,7 +189,7 @@ def test_a_job_finds_its_trial_from_the_environment(tmp_path):
 
 
 def test_objective_fails_loudly_with_logged_names():
-    from hydralign.train import objective
+    from hydralign.run.job import objective
 
     assert objective({"val/loss": 0.5}, "val/loss") == 0.5
     with pytest.raises(KeyError, match=r"optimized_metric=val/acc was not logged.*\['val/loss'\]"):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hydralign.errors import ConfigError
-from hydralign.plan import format_plan, make_plan
+from hydralign.plan.core import make_plan
+from hydralign.plan.format import format_plan
 from tests.helpers import compose_cfg
 
 
@@ -58,7 +59,7 @@ def test_padding_free_memory_counts_one_row_of_the_whole_micro_batch():
 
 
 def test_resume_tells_packed_rows_apart_but_not_padding_free_from_padded():
-    from hydralign.resume import compat_signature
+    from hydralign.checkpoints.resume import compat_signature
 
     padded = compat_signature(compose_cfg([]))
     assert compat_signature(compose_cfg(["data.packing=padding_free"])) == padded

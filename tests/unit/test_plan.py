@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from hydralign.errors import ConfigError
-from hydralign.plan import format_plan, make_plan
+from hydralign.plan.core import make_plan
+from hydralign.plan.format import format_plan
 from tests.helpers import compose_cfg
 
 
@@ -97,7 +98,7 @@ def test_plan_module_imports_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, hydralign.plan, hydralign.hardware, hydralign.cli; print('torch' in sys.modules)"
+    code = "import sys, hydralign.plan.core, hydralign.distributed.machine, hydralign.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

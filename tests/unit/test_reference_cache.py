@@ -92,8 +92,8 @@ def test_a_flipped_value_fails_the_checksum(tmp_path):
 
 
 def test_key_ignores_beta_lr_and_loss_but_not_data_or_weights(make_cfg):
+    from hydralign.data.chat import get_template
     from hydralign.data.module import PostTrainingData
-    from hydralign.data.templates import get_template
     from hydralign.models import build_tokenizer
 
     def key(overrides):

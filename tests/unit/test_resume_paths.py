@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hydralign.errors import ConfigError
-from hydralign.resume import (
+from hydralign.checkpoints.files import latest_checkpoint
+from hydralign.checkpoints.resume import (
     check_newest,
     check_resumable,
-    latest_checkpoint,
     rederive_loop_progress,
     resolve_resume,
 )
+from hydralign.errors import ConfigError
 from tests.helpers import compose_cfg
 
 

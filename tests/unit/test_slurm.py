@@ -1,4 +1,4 @@
-"""SLURM through Hydra's submitit launcher (hydralign/slurm.py, conf/hydra/launcher/submitit_slurm.yaml): the
+"""SLURM through Hydra's submitit launcher (hydralign/distributed/slurm.py, conf/hydra/launcher/submitit_slurm.yaml): the
 launcher's resources come from the hardware preset, the login node checks the grid without needing GPUs, a
 SLURM task's variables map to torchrun's, and the job prelude joins the step and sets the NCCL environment
 before training. The submission itself (sbatch script) is tested in tests/integration/test_slurm_submission.py."""
@@ -12,10 +12,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
-from hydralign import hardware
-from hydralign.config.schema import register
-from hydralign.errors import ConfigError
-from hydralign.slurm import (
+from hydralign.config.store import register
+from hydralign.distributed import machine as hardware
+from hydralign.distributed.slurm import (
     SLURM_LAUNCHER,
     first_host,
     requested,
@@ -25,6 +24,7 @@ from hydralign.slurm import (
     submits_to_slurm,
     tasks_on_node,
 )
+from hydralign.errors import ConfigError
 from tests.helpers import CONF
 
 GPU_PRESETS = ["1xV100", "1xA100", "8xA100", "8xH100", "4x8xA100"]
@@ -95,7 +95,7 @@ def test_a_launcher_that_disagrees_with_the_preset_is_refused():
 
 # --- the grid check on the login node --------------------------------------------------------------
 def test_login_node_without_gpus_plans_the_grid_but_leaves_the_machine_to_the_tasks(monkeypatch):
-    from hydralign.sweep_check import bad_cells
+    from hydralign.sweep.grid_check import bad_cells
 
     monkeypatch.setattr(hardware, "visible_gpus", lambda: 0)
     assert multirun_config(MISSION, ["lr=5e-7,5e-6"], bad_cells) == (2, [])
@@ -106,7 +106,7 @@ def test_login_node_without_gpus_plans_the_grid_but_leaves_the_machine_to_the_ta
 
 
 def test_a_grid_over_hardware_is_refused_under_slurm():
-    from hydralign.sweep_check import bad_cells
+    from hydralign.sweep.grid_check import bad_cells
 
     # one launcher (one executor) submits every job; Hydra makes it from the config without the swept values
     total, bad = multirun_config(["method=dpo", "hydra/launcher=submitit_slurm"], ["hardware=4x8xA100,8xA100"],
@@ -185,8 +185,8 @@ def test_machine_check_inside_slurm_steps(monkeypatch, environ):
 def test_the_job_joins_its_slurm_step_and_sets_the_nccl_environment_before_training(monkeypatch, environ):
     """cli.task in SLURM task 13 of 32: it becomes rank 13, starts no ranks of its own, and the preset's
     hardware.env is in the environment when training (and its process group) starts."""
-    import hydralign.launch
-    import hydralign.train
+    import hydralign.distributed.launch
+    import hydralign.run.job
     from hydralign.cli import task
 
     seen = {}
@@ -201,9 +201,9 @@ def test_the_job_joins_its_slurm_step_and_sets_the_nccl_environment_before_train
         raise AssertionError("hydralign started ranks of its own inside a SLURM task")
 
     monkeypatch.setattr(hardware, "visible_gpus", lambda: 8)
-    monkeypatch.setattr(hydralign.train, "run", fake_run)
-    monkeypatch.setattr(hydralign.launch, "launch", no_launch)
-    monkeypatch.setattr("hydralign.console.configure_console", lambda: None)
+    monkeypatch.setattr(hydralign.run.job, "run", fake_run)
+    monkeypatch.setattr(hydralign.distributed.launch, "launch", no_launch)
+    monkeypatch.setattr("hydralign.run.console.configure_console", lambda: None)
     environ.update({**TASK_13_OF_32, "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"})  # inherited: the preset's wins
     cfg = multirun_config(["method=dpo", "hardware=4x8xA100"])
     with open_dict(cfg):
@@ -215,8 +215,8 @@ def test_the_job_joins_its_slurm_step_and_sets_the_nccl_environment_before_train
 
 
 def test_multi_gpu_presets_carry_the_nccl_settings_and_a_timeout():
-    from hydralign.plan import make_plan
-    from hydralign.strategies import build_strategy
+    from hydralign.distributed.strategies import build_strategy
+    from hydralign.plan.core import make_plan
 
     for preset in ("8xA100", "8xH100", "4x8xA100"):
         hw = multirun_config([f"hardware={preset}"]).hardware
@@ -237,7 +237,7 @@ def test_a_batch_scripts_own_process_starts_the_ranks_of_one_node(environ):
     starts its ranks, and in them Lightning reads torchrun's variables, not SLURM's task count (1)."""
     from lightning.fabric.plugins.environments import TorchElasticEnvironment
 
-    from hydralign.launch import needs_launch, rank_env
+    from hydralign.distributed.launch import needs_launch, rank_env
 
     hw = multirun_config(["hardware=cpu_2proc"]).hardware
     environ.update(SLURM_PROCID="0", SLURM_NTASKS="1", SLURM_JOB_ID="77", SLURM_JOB_NAME="job")

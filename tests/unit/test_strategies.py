@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from hydralign.distributed.strategies import build_strategy, deepspeed_config, loss_multiplier
 from hydralign.errors import ConfigError
-from hydralign.plan import make_plan
-from hydralign.strategies import build_strategy, deepspeed_config, loss_multiplier
+from hydralign.plan.core import make_plan
 from tests.helpers import compose_cfg, tiny_cfg
 
 DS = ["hardware=8xA100", "hardware.strategy=deepspeed"]
@@ -62,7 +62,7 @@ def test_supported_combinations_plan(overrides):
 
 
 def test_refused_before_any_run_exists(tmp_path):
-    from hydralign.train import run
+    from hydralign.run.job import run
 
     cfg = tiny_cfg(tmp_path, ["hardware=cpu", "hardware.strategy=deepspeed", "hardware.zero_stage=2"])
     with pytest.raises(ConfigError, match="CUDA GPUs only"):
@@ -143,7 +143,7 @@ def test_loss_multiplier_undoes_every_division():
 
 def test_fsdp_ranks_wait_for_rank_zeros_reference_logps():
     """Under FSDP2 only rank 0 holds real weights: the other ranks retry the cache until it is written."""
-    from hydralign.train import _wait_for_rank_zero
+    from hydralign.run.job import _wait_for_rank_zero
 
     attempts = []
 

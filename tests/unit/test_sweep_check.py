@@ -1,4 +1,4 @@
-"""The multirun pre-check (hydralign.sweep_check): a basic-sweeper grid is composed and planned cell by
+"""The multirun pre-check (hydralign.sweep.grid_check): a basic-sweeper grid is composed and planned cell by
 cell before any job starts; run names come from the swept keys; the Optuna direction must fit."""
 
 from __future__ import annotations
@@ -6,16 +6,10 @@ from __future__ import annotations
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from hydralign.config.schema import register
-from hydralign.sweep_check import (
-    OPTUNA_SWEEPER,
-    bad_cells,
-    cell_name,
-    direction_problem,
-    fixed_keys,
-    grid_cells,
-)
-from hydralign.sweep_check import repeated_names as repeated
+from hydralign.config.store import register
+from hydralign.sweep.cells import OPTUNA_SWEEPER, cell_name, fixed_keys, grid_cells
+from hydralign.sweep.grid_check import bad_cells, direction_problem
+from hydralign.sweep.grid_check import repeated_names as repeated
 from tests.helpers import CONF
 
 

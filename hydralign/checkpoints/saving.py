@@ -1,5 +1,5 @@
 """Checkpoints: atomic writes, safe loads, the best and the rolling (step- and time-based) checkpoints,
-Hugging Face export. Which checkpoint a run resumes from: ``hydralign.resume``."""
+Hugging Face export. Which checkpoint a run resumes from: ``hydralign.checkpoints.resume``."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
-from hydralign import checkpoint_index
+from hydralign.checkpoints import index as checkpoint_index
+from hydralign.checkpoints.files import step_checkpoints
 from hydralign.errors import ConfigError
-from hydralign.resume import step_checkpoints
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

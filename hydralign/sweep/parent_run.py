@@ -19,7 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from hydralign.tracking import PARENT_ENV, SWEEP_FILE_ENV, SWEEP_ID_ENV
+from hydralign.tracking.recorder import PARENT_ENV, SWEEP_ID_ENV
+from hydralign.tracking.store import SWEEP_FILE_ENV
 
 SWEEP_FILE = "sweep.json"  # in the sweep folder: store URI, experiment, parent run id, fixed keys
 
@@ -33,7 +34,7 @@ def _close_if_open(uri: str, parent_id: str) -> None:
         return  # on_multirun_end closed it
     from mlflow.tracking import MlflowClient
 
-    from hydralign.tracking import retry_locked
+    from hydralign.tracking.store import retry_locked
 
     retry_locked(MlflowClient(tracking_uri=uri).set_terminated, parent_id, "FAILED")
 
@@ -44,8 +45,8 @@ class SweepTracking(Callback):
             return
         from mlflow.tracking import MlflowClient
 
-        from hydralign.console import quiet_mlflow
-        from hydralign.tracking import ensure_experiment, retry_locked, tracking_uri
+        from hydralign.run.console import quiet_mlflow
+        from hydralign.tracking.store import ensure_experiment, retry_locked, tracking_uri
 
         quiet_mlflow()
         uri = tracking_uri(config.logger.tracking_uri)
@@ -67,7 +68,8 @@ class SweepTracking(Callback):
         # the parent run is then closed as FAILED at exit instead of staying RUNNING forever.
         atexit.register(_close_if_open, uri, parent.info.run_id)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        from hydralign.sweep_check import fixed_keys, repeated_names
+        from hydralign.sweep.cells import fixed_keys
+        from hydralign.sweep.grid_check import repeated_names
 
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(  # fixed keys, repeated cells: for the jobs' run names
             {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent.info.run_id,
@@ -82,7 +84,7 @@ class SweepTracking(Callback):
             return
         from mlflow.tracking import MlflowClient
 
-        from hydralign.tracking import retry_locked, tracking_uri
+        from hydralign.tracking.store import retry_locked, tracking_uri
 
         client = MlflowClient(tracking_uri=tracking_uri(config.logger.tracking_uri))
         results = Path(config.hydra.sweep.dir).resolve() / "optimization_results.yaml"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-OPTIMIZERS = ("adamw", "adamw_fused", "sgd", "adafactor")
+from hydralign.config.choices import OPTIMIZERS
 
 
 def build_optimizer(groups: list[dict], ocfg: Any, lr: float):

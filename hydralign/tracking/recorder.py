@@ -2,93 +2,30 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from hydralign.plan import Plan
+from hydralign.plan.core import Plan
+from hydralign.tracking.store import (
+    SWEEP_FILE_ENV,
+    _short,
+    artifact_location,
+    config_hash,
+    ensure_experiment,
+    flatten,
+    git_commit,
+    hydra_job,
+    retry_locked,
+    tracking_uri,
+)
 
-DEFAULT_STORE = Path("outputs") / "mlflow.db"
-# Set by hydralign.sweep_tracking for the jobs of a multirun (never MLFLOW_RUN_ID: mlflow #15713).
+# Set by hydralign.sweep.parent_run for the jobs of a multirun (never MLFLOW_RUN_ID: mlflow #15713).
 PARENT_ENV, SWEEP_ID_ENV = "HYDRALIGN_PARENT_RUN_ID", "HYDRALIGN_SWEEP_ID"
-JOB_ENV = "HYDRALIGN_JOB"  # {"num", "overrides"} of the Hydra job, for ranks started by hydralign.launch
-SWEEP_FILE_ENV = "HYDRALIGN_SWEEP_FILE"  # the sweep folder's sweep.json (fixed keys, for run names)
-
-
-def tracking_uri(configured: Optional[str]) -> str:
-    """logger.tracking_uri, else $MLFLOW_TRACKING_URI, else the SQLite store outputs/mlflow.db (absolute).
-    SQLite URIs get ``timeout=60``: sqlite3 then waits for a lock held by a parallel job."""
-    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        path = (Path.cwd() / DEFAULT_STORE).resolve()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        uri = f"sqlite:///{path}"
-    if uri.startswith("sqlite:///") and "timeout=" not in uri:
-        uri += ("&" if "?" in uri else "?") + "timeout=60"
-    return uri
-
-
-def artifact_location(uri: str, experiment: str) -> Optional[str]:
-    """Artifacts of a SQLite store live beside it (``<store dir>/mlartifacts/<experiment>``); MLflow
-    would otherwise put them in ./mlruns of whatever directory the run started in."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):].split("?")[0])
-        return (db.parent / "mlartifacts" / experiment).resolve().as_uri()
-    return None
-
-
-def ensure_experiment(client: Any, uri: str, name: str) -> str:
-    """The experiment's id, created (artifacts beside the store) if it does not exist yet; done here so
-    Lightning never warns "Experiment ... not found. Creating it"."""
-    exp = retry_locked(client.get_experiment_by_name, name)
-    if exp is not None:
-        return exp.experiment_id
-    try:
-        return retry_locked(client.create_experiment, name, artifact_location=artifact_location(uri, name))
-    except Exception:  # a parallel job created it first
-        exp = retry_locked(client.get_experiment_by_name, name)
-        if exp is None:
-            raise
-        return exp.experiment_id
-
-
-def flatten(node: Any, prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    if isinstance(node, dict):
-        for k, v in node.items():
-            out.update(flatten(v, f"{prefix}{k}."))
-    else:
-        out[prefix[:-1]] = json.dumps(node) if isinstance(node, list) else str(node)
-    return out
-
-
-def config_hash(resolved_yaml: str) -> str:
-    return hashlib.sha256(resolved_yaml.encode()).hexdigest()[:12]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def retry_locked(fn, *args, attempts: int = 20, **kwargs):
-    """SQLite allows one writer: retry an MLflow call while the database is locked."""
-    for i in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # MlflowException wraps sqlalchemy's OperationalError
-            if "database is locked" not in str(err) or i == attempts - 1:
-                raise
-            time.sleep(0.05 * (i + 1))
 
 
 def config_params(cfg: Any, plan: Plan) -> dict[str, str]:
@@ -96,7 +33,7 @@ def config_params(cfg: Any, plan: Plan) -> dict[str, str]:
     params = flatten(OmegaConf.to_container(cfg, resolve=True))
     params.update({"effective_batch": str(plan.effective_batch), "grad_accum": str(plan.grad_accum),
                    "world_size": str(plan.world_size), "micro_batch": str(plan.micro_batch)})
-    if plan.memory is not None:  # the plan's per-device estimate (hydralign.memory)
+    if plan.memory is not None:  # the plan's per-device estimate (hydralign.plan.memory)
         params["memory_estimate_gib"] = f"{plan.memory.total_gib:.3f}"
     return params
 
@@ -119,39 +56,12 @@ def log_params(logger, params: dict[str, str]) -> None:
         retry_locked(client.log_batch, run_id, params=batch[i:i + 100])
 
 
-def hydra_job() -> Optional[tuple[int, list[str]]]:
-    """(job number, the job's overrides) of a multirun's job; None in a single run. A rank started by
-    ``hydralign.launch`` reads them from ``$HYDRALIGN_JOB`` (it runs outside Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        hc = HydraConfig.get()
-    except ValueError:
-        raw = os.environ.get(JOB_ENV)
-        if not raw:
-            return None
-        job = json.loads(raw)
-        return int(job["num"]), list(job["overrides"])
-    num = hc.job.get("num", None)
-    return None if num is None else (int(num), list(hc.overrides.task))
-
-
-def _short(override: str) -> str:
-    """``lr=0.0012345678`` -> ``lr=0.001235``: sampled floats, shortened for a run name."""
-    key, _, value = override.partition("=")
-    try:
-        number = float(value)
-    except ValueError:
-        return override
-    return f"{key}={number:.4g}" if any(c in value for c in ".eE") else override
-
-
 def run_identity(cfg: Any, plan: Plan, run_dir: Path) -> tuple[str, dict[str, str]]:
     """(run name, tags). A job of a sweep is named by what distinguishes it: its cell's overrides
     (``batch.effective=16 seed=0``), or an Optuna trial's number and sampled values; a single run by
     method, model and run folder. Never MLflow's random names: seeding a job seeds those too."""
-    from hydralign.optuna_study import job_trial
-    from hydralign.sweep_check import cell_name
+    from hydralign.sweep.cells import cell_name
+    from hydralign.sweep.study import job_trial
 
     job = hydra_job()
     if job is None:
@@ -174,7 +84,7 @@ def log_lineage(logger, resolved: dict[str, Any]) -> None:
     """Which checkpoint seeded this run, as tags: ``lineage.source_run_id``, ``lineage.selector``,
     ``lineage.step``, ``lineage.metric``, ``lineage.metric_value``, ``lineage.path`` for ``init_from``
     (``lineage.teacher.*`` for a distillation teacher)."""
-    from hydralign.lineage import REFERENCES, lineage_tags
+    from hydralign.checkpoints.references import REFERENCES, lineage_tags
 
     client, run_id = logger.experiment, logger.run_id
     for key, found in resolved.items():

@@ -7,7 +7,7 @@ from typing import Optional
 
 from lightning.pytorch.callbacks import Callback
 
-from hydralign.optuna_study import TrialRef, job_trial
+from hydralign.sweep.study import TrialRef, job_trial
 
 
 class OptunaPruning(Callback):

@@ -5,15 +5,11 @@ checkpoint's small metadata."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Optional
 
+from hydralign.checkpoints.files import SHARDED_META, checkpoint_step, latest_checkpoint
 from hydralign.errors import ConfigError
-
-CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
-LAST = "last.ckpt"
-SHARDED_META = "meta.pt"  # Lightning's ModelParallelStrategy (FSDP2): everything but the tensors
 
 # What a checkpoint's weights, optimizer state and data order depend on: resuming with another value is
 # refused. Everything else (lr, schedule, max_steps, eval cadence, processes per node, ...) may change.
@@ -43,45 +39,17 @@ def compat_signature(cfg: Any) -> dict[str, Any]:
     return signature
 
 
-# --- finding the checkpoint ------------------------------------------------------------------
-def checkpoint_step(path: Path) -> Optional[int]:
-    match = CHECKPOINT_NAME.match(path.name)
-    return int(match.group(1)) if match else None
-
-
-def step_checkpoints(ckpt_dir: Path) -> list[Path]:
-    """The complete ``stepNNNNNN.ckpt`` files or folders, oldest first. A checkpoint is written under
-    ``<name>.tmp`` and renamed only once every rank has written its part, so a name without ``.tmp``
-    is complete."""
-    if not ckpt_dir.is_dir():
-        return []
-    found = [p for p in ckpt_dir.iterdir() if checkpoint_step(p) is not None and not p.is_symlink()]
-    return sorted(found, key=checkpoint_step)
-
-
-def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
-    """The newest complete checkpoint of a run's ``checkpoints/`` folder: its newest step checkpoint, or
-    ``last.ckpt`` when that is the only one (a run of an earlier version)."""
-    steps = step_checkpoints(ckpt_dir)
-    if steps:
-        return steps[-1]
-    last = ckpt_dir / LAST
-    if last.is_file() or (last.is_dir() and (last / SHARDED_META).is_file()):
-        return last.resolve()
-    return None
-
-
 def resolve_resume(resume: Optional[str], run_dir: Path,
                    tracking_uri: Optional[str] = None) -> tuple[Path, Optional[Path]]:
     """``resume``: "auto" (this run_dir's newest complete checkpoint, if any: a fresh start otherwise),
     a run directory (continue it in place), a checkpoint (a ``.ckpt`` file or sharded folder), or a
-    reference with a selector (``<run>:step=N``, ``runs:/<id>:last``; ``hydralign.lineage``).
+    reference with a selector (``<run>:step=N``, ``runs:/<id>:last``; ``hydralign.checkpoints.references``).
     Returns (run directory to write into, checkpoint to restore)."""
     if not resume:
         return run_dir, None
     if resume == "auto":
         return run_dir, latest_checkpoint(run_dir / "checkpoints")
-    from hydralign.lineage import resolve_reference, split_reference
+    from hydralign.checkpoints.references import resolve_reference, split_reference
 
     if split_reference(resume)[1] is not None or resume.startswith("runs:/"):  # <run>:step=N, runs:/<id>, ...
         if split_reference(resume)[1] is None:  # runs:/<id> alone: that run continues where it stopped
@@ -115,7 +83,6 @@ def check_newest(ckpt: Path, run_dir: Path, resume: str) -> None:
         raise ConfigError(f"resume={resume} is step {step}, but {run_dir} has gone on to step {newest_step} "
                           f"({newest.name}): continuing it in place would mix the two. Start a new run from its "
                           f"weights (init_from={resume}), or resume the newest (resume={run_dir})")
-
 
 
 def checkpoint_meta(path: Path) -> Optional[dict]:

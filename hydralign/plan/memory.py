@@ -34,7 +34,7 @@ What one device holds at the peak of a step, in GiB (2^30 bytes), by piece:
   logits       the head's output and the loss over it, per token: vocab x 12 bytes (the fp32 logits or their fp32
                copy, the log-softmax kept for the backward, and its gradient). With model.loss_chunk_size: two fp32
                [chunk, vocab] buffers and the gathered loss rows (hydralign/losses/chunked_ce.py).
-  frozen       frozen models the method holds (hydralign.methods.registry held_models): DPO's reference copy has
+  frozen       frozen models the method holds (hydralign.methods.specs held_models): DPO's reference copy has
                the policy's size and storage (sharded like it under FSDP2); it runs before the policy's forward and
                under no_grad, so its activations do not add to the peak. A distillation teacher's size is not in
                the config: it is not counted (said in the notes).
@@ -128,7 +128,7 @@ class MemoryInputs:
     checkpointing: bool
     eager_attention: bool
     loss_chunk: Optional[int]
-    method: str
+    chunked_loss: bool  # the method supports model.loss_chunk_size (its spec's flag)
     held: tuple[str, ...]  # frozen models held in memory (registry held_models)
     device_gib: Optional[float]
 
@@ -172,7 +172,7 @@ def model_arch(cfg: Any) -> Optional[Arch]:
                 tied=bool(_get(cfg, "model.tie_word_embeddings", False)))
 
 
-def memory_inputs(cfg: Any, micro: int, sequences_per_example: int, held: tuple[str, ...], method: str,
+def memory_inputs(cfg: Any, micro: int, sequences_per_example: int, held: tuple[str, ...], chunked_loss: bool,
                   seq_len: Optional[int] = None) -> Optional[MemoryInputs]:
     """``seq_len``: tokens per row when it is not ``data.max_seq_len`` (packed rows)."""
     arch = model_arch(cfg)
@@ -204,7 +204,7 @@ def memory_inputs(cfg: Any, micro: int, sequences_per_example: int, held: tuple[
         micro=micro, sequences_per_example=sequences_per_example, seq_len=int(seq_len if seq_len is not None else _get(cfg, "data.max_seq_len", 0)),
         checkpointing=bool(_get(cfg, "model.gradient_checkpointing", False)),
         eager_attention=_get(cfg, "model.attn_implementation") == "eager",
-        loss_chunk=_get(cfg, "model.loss_chunk_size"), method=method, held=tuple(held),
+        loss_chunk=_get(cfg, "model.loss_chunk_size"), chunked_loss=chunked_loss, held=tuple(held),
         device_gib=_get(cfg, "hardware.device_memory_gb"),
     )
 
@@ -320,7 +320,7 @@ def _candidates(m: MemoryInputs) -> list[tuple[str, MemoryInputs]]:
         out.append(("batch.micro=1", dataclasses.replace(m, micro=1)))
     if not m.checkpointing and m.arch is not None:
         out.append(("model.gradient_checkpointing=true", dataclasses.replace(m, checkpointing=True)))
-    chunk_ok = m.method in ("sft", "dpo") and not (m.strategy == "deepspeed" and m.zero_stage == 3)
+    chunk_ok = m.chunked_loss and not (m.strategy == "deepspeed" and m.zero_stage == 3)
     if chunk_ok and not m.loss_chunk and m.arch is not None:
         out.append(("model.loss_chunk_size=4096", dataclasses.replace(m, loss_chunk=4096)))
     if m.world > 1 and m.strategy in ("auto", "ddp"):

@@ -43,7 +43,7 @@ def requirement(hw: Any) -> str:
 
 def check_machine(hw: Any) -> None:
     """Raise ConfigError naming what the ``hardware`` preset needs and what this machine has."""
-    from hydralign.slurm import step_tasks
+    from hydralign.distributed.slurm import step_tasks
 
     if hw.accelerator == "gpu":
         have = visible_gpus()

@@ -11,7 +11,9 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from hydralign.errors import ConfigError
-from hydralign.plan import Plan, format_plan, make_plan
+from hydralign.methods.specs import get_method
+from hydralign.plan.core import Plan, make_plan
+from hydralign.plan.format import format_plan
 
 # Sizes the plan owns; setting them under trainer.* would fork the truth.
 PLANNED_TRAINER_KEYS = {"accumulate_grad_batches": "batch.effective / batch.micro",
@@ -33,8 +35,8 @@ def default_run_dir() -> Path:
 def build_trainer(cfg: Any, plan: Plan, run_dir: Path, logger: Any, callbacks: list):
     import lightning as L
 
-    from hydralign.checkpoints import AtomicCheckpointIO
-    from hydralign.strategies import build_strategy
+    from hydralign.checkpoints.saving import AtomicCheckpointIO
+    from hydralign.distributed.strategies import build_strategy
 
     user = {k: v for k, v in (OmegaConf.to_container(cfg.trainer, resolve=True) or {}).items() if v is not None}
     for key, owner in PLANNED_TRAINER_KEYS.items():
@@ -73,11 +75,17 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     ``callbacks`` are added to the Trainer's (tests, benchmarks); ``started`` is when the job began
     (default: now), the origin of ``time/startup_seconds`` (job start to first training step)."""
     started = started or time.time()
-    from hydralign.lineage import forget as forget_references
-    from hydralign.resume import check_newest, check_resumable, resolve_resume
+    from hydralign.checkpoints.references import forget as forget_references
+    from hydralign.checkpoints.resume import check_newest, check_resumable, resolve_resume
 
     forget_references()  # references resolve afresh for each run (a :last may have moved since)
-    from hydralign.tracking import config_params, finish, log_lineage, log_params, make_logger
+    from hydralign.tracking.recorder import (
+        config_params,
+        finish,
+        log_lineage,
+        log_params,
+        make_logger,
+    )
 
     run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir(),
                                         cfg.logger.tracking_uri)
@@ -109,7 +117,7 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     if pruned_at is not None:  # the sweeper records the trial as PRUNED
         import optuna
 
-        from hydralign.optuna_study import job_trial
+        from hydralign.sweep.study import job_trial
 
         raise optuna.TrialPruned(f"trial {getattr(job_trial(), 'number', '?')} pruned at step {pruned_at}")
     return metrics
@@ -119,13 +127,13 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
            started: float) -> tuple[dict[str, float], Optional[int]]:
     import lightning as L
 
-    from hydralign.callbacks import StartupTimer, StepSeeds, TokensSeen
-    from hydralign.checkpoints import RollingCheckpoints, checkpoint_callbacks, write_json
+    from hydralign.checkpoints.saving import RollingCheckpoints, checkpoint_callbacks, write_json
     from hydralign.data.module import PostTrainingData
-    from hydralign.methods.registry import get_method
+    from hydralign.methods.specs import get_method
     from hydralign.models import tokenizer_and_template
     from hydralign.models.peft import apply_peft, trainable_summary
-    from hydralign.tracking import log_run_start
+    from hydralign.run.callbacks import StartupTimer, StepSeeds, TokensSeen
+    from hydralign.tracking.recorder import log_run_start
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     spec = get_method(cfg.method.name)
@@ -140,7 +148,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
 
     best_cb, ckpt_cbs = checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints", plan.eval_every_n_steps,
                                              plan.steps_per_epoch, plan.checkpoint_every_n_steps)
-    from hydralign.pruning import pruning_callback
+    from hydralign.sweep.pruning import pruning_callback
 
     pruning = pruning_callback(cfg.optimized_metric)  # a job of an Optuna sweep: report, maybe stop early
     if pruning is not None:
@@ -149,7 +157,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
                             ckpt_cbs + callbacks + [StartupTimer(started), TokensSeen(), StepSeeds(cfg.seed)])
 
     if plan.strategy == "fsdp" and not _rank_zero():  # FSDP2: rank 0's weights fill the shards (configure_model)
-        from hydralign.strategies import empty_policy
+        from hydralign.distributed.fsdp import empty_policy
 
         model = empty_policy(cfg, tokenizer)
     else:
@@ -171,7 +179,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         write_json(run_dir / "plan.json", plan.as_dict())
         if plan.strategy == "deepspeed":  # the config DeepSpeed runs with, as generated from the plan
-            from hydralign.strategies import DEEPSPEED_CONFIG_FILE, deepspeed_config
+            from hydralign.distributed.strategies import DEEPSPEED_CONFIG_FILE, deepspeed_config
 
             write_json(run_dir / DEEPSPEED_CONFIG_FILE, deepspeed_config(plan, cfg))
         if logger is not None:
@@ -181,7 +189,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
                               "reference/precompute_seconds": reference_report["seconds"]})
             log_run_start(logger, plan, run_dir, extra)
             if plan.strategy == "deepspeed":
-                from hydralign.tracking import retry_locked
+                from hydralign.tracking.store import retry_locked
 
                 retry_locked(logger.experiment.log_artifact, logger.run_id, str(run_dir / DEEPSPEED_CONFIG_FILE))
 
@@ -199,7 +207,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     if rolling is not None and cfg.checkpoint.save_last:  # the final state, if the cadence missed it
         rolling.save(trainer)
     if cfg.checkpoint.export_hf and pruned_at is None:
-        from hydralign.strategies import whole_weights
+        from hydralign.distributed.fsdp import whole_weights
 
         with whole_weights(module.model, plan, cfg, tokenizer) as exported:  # sharded: every rank gives its part
             if trainer.is_global_zero:
@@ -216,7 +224,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
 
 def resolve_lineage(cfg: DictConfig) -> dict[str, Any]:
     """{config key: Resolved} for each reference the config sets; printed by rank 0."""
-    from hydralign.lineage import REFERENCES, describe, reference_of, resolve_reference
+    from hydralign.checkpoints.references import REFERENCES, describe, reference_of, resolve_reference
 
     found = {}
     for key in REFERENCES:
@@ -234,7 +242,7 @@ def _initial_model(cfg: DictConfig, tokenizer: Any):
     from hydralign.models import build_model, load_weights
 
     if cfg.init_from and cfg.peft.load_in_4bit:  # a training checkpoint is exported as a model directory first
-        from hydralign.lineage import resolve_model_dir
+        from hydralign.checkpoints.references import resolve_model_dir
 
         path = resolve_model_dir(cfg.init_from, cfg.logger.tracking_uri)
         mcfg = OmegaConf.merge(cfg.model, {"source": "pretrained", "name_or_path": str(path)})
@@ -242,7 +250,7 @@ def _initial_model(cfg: DictConfig, tokenizer: Any):
     model = build_model(cfg.model, tokenizer, cfg.seed, cfg.peft)
     if cfg.init_from:
         load_weights(model, cfg.init_from)
-    elif cfg.model.source == "config" and cfg.method.name in ("dpo", "grpo"):
+    elif cfg.model.source == "config" and get_method(cfg.method.name).starts_from_trained:
         print(f"hydralign: note: method={cfg.method.name} starts from a random-init model (no init_from); "
               "it normally starts from an SFT run: init_from=<run dir>", flush=True)
     return model
@@ -299,7 +307,7 @@ def _wait_for_rank_zero(load: Any, timeout_s: float = 3600.0) -> Any:
 
 def _export(model: Any, tokenizer: Any, run_dir: Path, stop_ids: list[int], cfg: DictConfig) -> None:
     """hf_model/: the full model (adapters merged in with PEFT); adapter/: the adapters alone."""
-    from hydralign.checkpoints import export_hf
+    from hydralign.checkpoints.saving import export_hf
     from hydralign.models.peft import is_peft, merged_copy, save_adapters
 
     if not is_peft(model):

@@ -5,7 +5,7 @@
 **Submission** (the login node). ``conf/hydra/launcher/submitit_slurm.yaml`` takes the plugin's option name and
 extends its config: the job asks for ``hardware.nodes`` nodes with ``hardware.devices_per_node`` tasks each (one
 per device), ``hardware.slurm_gpus_per_node`` GPUs and ``hardware.slurm_cpus_per_task`` cores, for
-``hardware.slurm_time_min`` minutes. The grid check (``hydralign.sweep_check``) plans every job here, refuses a
+``hardware.slurm_time_min`` minutes. The grid check (``hydralign.sweep.grid_check``) plans every job here, refuses a
 launcher that asks for another shape than the preset (``resource_problem``) and a sweep whose jobs need different
 shapes (one executor submits them all), and leaves the machine check (are the GPUs there?) to the tasks, where
 the job runs: the login node needs no GPU. ``dry_run=true`` prints the plans here and submits nothing.

@@ -7,7 +7,7 @@ overrides and its fix (exit 2). Other sweepers (Optuna samples its cells as it g
 check of the base config; a sampled cell that fails its plan is that trial's FAIL. For the Optuna
 sweeper, its direction(s) must fit ``optimized_metric`` (it minimizes unless told).
 
-Jobs submitted to SLURM (``hydra/launcher=submitit_slurm``, ``hydralign.slurm``) run elsewhere: the machine
+Jobs submitted to SLURM (``hydra/launcher=submitit_slurm``, ``hydralign.distributed.slurm``) run elsewhere: the machine
 check is left to their tasks, and each cell must fit what the SLURM job asks for instead. With ``dry_run``
 their plans are printed here and nothing is submitted.
 """
@@ -22,41 +22,7 @@ from typing import Any, Optional
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-OPTUNA_SWEEPER = "hydra_plugins.hydralign_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-
-
-def parsed_overrides(config: DictConfig) -> list:
-    """The sweep's overrides as the sweeper reads them: ``hydra.sweeper.params``, then the command line."""
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
-    lines = [f"{k}={v}" for k, v in (OmegaConf.to_container(params) if params is not None else {}).items()]
-    lines += list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
-    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
-    return OverridesParser.create(config_loader=loader).parse_overrides(lines)
-
-
-def fixed_keys(config: DictConfig) -> list[str]:
-    """Keys every job gets the same value for (what a run name leaves out)."""
-    return sorted({ov.get_key_element() for ov in parsed_overrides(config)
-                   if not ov.is_sweep_override() and not ov.is_delete()})
-
-
-def grid_cells(config: DictConfig) -> Optional[list[list[str]]]:
-    """Every job's overrides, in launch order, for Hydra's basic sweeper; None for other sweepers."""
-    if OmegaConf.select(config, "hydra.sweeper._target_", default=None) != BASIC_SWEEPER:
-        return None
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    return [cell for batch in BasicSweeper.split_arguments(parsed_overrides(config), None) for cell in batch]
-
-
-def cell_name(cell: list[str], fixed: list[str]) -> str:
-    """A cell's name: its overrides of the swept keys, as typed (``batch.effective=16 seed=0``)."""
-    shown = [o for o in cell if o.split("=", 1)[0] not in fixed]
-    return " ".join(shown) or "(fixed overrides only)"
+from hydralign.sweep.cells import OPTUNA_SWEEPER, cell_name, fixed_keys, grid_cells
 
 
 def repeated_names(config: DictConfig) -> list[str]:
@@ -73,10 +39,10 @@ def check_cell(config: DictConfig, cell: list[str], loader: Any, hardware: bool,
                slurm_job: Optional[dict] = None) -> Optional[str]:
     """None if the cell composes and plans (and, with ``hardware``, this machine can run it; with ``slurm_job``,
     a SLURM job asking for that can); else why."""
+    from hydralign.distributed.machine import check_machine
+    from hydralign.distributed.slurm import resource_problem
     from hydralign.errors import ConfigError
-    from hydralign.hardware import check_machine
-    from hydralign.plan import make_plan
-    from hydralign.slurm import resource_problem
+    from hydralign.plan.core import make_plan
 
     try:
         cfg = loader.load_sweep_config(config, list(cell))
@@ -99,7 +65,7 @@ def bad_cells(config: DictConfig) -> tuple[int, list[tuple[str, str]]]:
     """(number of cells, [(cell name, reason)]) of a basic-sweeper grid."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from hydralign.slurm import requested, submits_to_slurm
+    from hydralign.distributed.slurm import requested, submits_to_slurm
 
     cells = grid_cells(config) or []
     fixed = fixed_keys(config)
@@ -154,8 +120,9 @@ def print_slurm_dry_run(config: DictConfig) -> None:
     """Each job's plan (a grid's cells, else the base config's), and what its SLURM job would ask for."""
     from hydra.core.global_hydra import GlobalHydra
 
-    from hydralign.plan import format_plan, make_plan
-    from hydralign.slurm import describe, requested
+    from hydralign.distributed.slurm import describe, requested
+    from hydralign.plan.core import make_plan
+    from hydralign.plan.format import format_plan
 
     cells = grid_cells(config)
     loader = GlobalHydra.instance().config_loader()
@@ -189,7 +156,7 @@ def refuse(message: str) -> None:
 
 class GridCheck(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from hydralign.slurm import requested, resource_problem, submits_to_slurm
+        from hydralign.distributed.slurm import requested, resource_problem, submits_to_slurm
 
         problem = direction_problem(config)
         if problem:
@@ -209,8 +176,8 @@ class GridCheck(Callback):
                 lines += [f"  {name}: {reason}" for name, reason in bad]
                 refuse("\n".join(lines))
         elif not dry_run and not remote:
+            from hydralign.distributed.machine import check_machine
             from hydralign.errors import ConfigError
-            from hydralign.hardware import check_machine
 
             try:  # a preset this machine cannot run fails every trial alike
                 check_machine(config.hardware)

@@ -3,7 +3,7 @@
 The job process (the one Hydra runs, in a single run or as one job of a multirun) resolves its config
 once, with an absolute run folder, writes it to ``<run_dir>/launch/config.yaml`` and starts one
 process per device, torchrun-style (``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR/PORT``),
-each running ``python -m hydralign.launch <that file>``. Every rank reads the same resolved config,
+each running ``python -m hydralign.distributed.launch <that file>``. Every rank reads the same resolved config,
 so ``${now}`` folders, the MLflow run (rank 0) and checkpoints agree, and no rank ever sees the
 sweep's command line (PITFALLS: Hydra x Lightning re-launch). Lightning then finds an externally
 launched environment and never re-runs the script.
@@ -12,7 +12,7 @@ A rank that fails ends the whole job: the others are stopped and the job raises 
 own error (written to ``<run_dir>/launch/rank<N>.error``); under a multirun the sweep goes on with its
 other jobs. Multi-node runs are started by the cluster (SLURM through ``hydra/launcher=submitit_slurm``, srun
 with one task per device, or torchrun on every node): each rank then joins from its environment
-(``hydralign.slurm.join_slurm_step`` for a SLURM task) and this module starts nothing.
+(``hydralign.distributed.slurm.join_slurm_step`` for a SLURM task) and this module starts nothing.
 
 ``apply_env`` sets ``hardware.env`` (the GPU presets' NCCL settings) in the job's environment before any
 process group exists; ranks started here inherit it.
@@ -31,8 +31,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
+from hydralign.distributed.slurm import step_tasks
 from hydralign.errors import ConfigError, DataError
-from hydralign.slurm import step_tasks
 
 PRUNED_EXIT, CONFIG_EXIT = 3, 2
 
@@ -137,8 +137,8 @@ def launch(cfg: Any, run_dir: Path) -> dict[str, float]:
     """Start this job's ranks from its resolved config and wait; return rank 0's metrics."""
     from omegaconf import OmegaConf, open_dict
 
-    from hydralign.optuna_study import STUDY_ENV, TRIAL_ID_ENV, TRIAL_NUMBER_ENV, job_trial
-    from hydralign.tracking import JOB_ENV, hydra_job
+    from hydralign.sweep.study import STUDY_ENV, TRIAL_ID_ENV, TRIAL_NUMBER_ENV, job_trial
+    from hydralign.tracking.store import JOB_ENV, hydra_job
 
     hw = cfg.hardware
     if int(hw.nodes) > 1:
@@ -167,7 +167,7 @@ def launch(cfg: Any, run_dir: Path) -> dict[str, float]:
     if job is not None:
         extra[JOB_ENV] = json.dumps({"num": job[0], "overrides": job[1]})
     world, port = int(hw.devices_per_node), _free_port()
-    cmd = [sys.executable, "-m", "hydralign.launch", str(config_file)]
+    cmd = [sys.executable, "-m", "hydralign.distributed.launch", str(config_file)]
     print(f"hydralign: starting {world} processes (ranks 1..{world - 1} log to {launch_dir}/rank<N>.log)",
           flush=True)
     supervise([cmd] * world, [rank_env(r, world, port, extra) for r in range(world)], launch_dir)
@@ -182,8 +182,8 @@ def rank_main(config_file: str) -> int:
     error_file = Path(config_file).parent / f"rank{rank}.error"
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped because another rank failed
     try:
-        from hydralign.console import configure_console
-        from hydralign.train import run
+        from hydralign.run.console import configure_console
+        from hydralign.run.job import run
 
         configure_console()
         run(OmegaConf.load(config_file))

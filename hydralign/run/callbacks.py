@@ -20,7 +20,7 @@ class StartupTimer(Callback):
         self.seconds = time.time() - self.started
         logger = trainer.logger
         if trainer.is_global_zero and logger is not None and hasattr(logger, "run_id"):
-            from hydralign.tracking import retry_locked
+            from hydralign.tracking.store import retry_locked
 
             retry_locked(logger.experiment.log_metric, logger.run_id, "time/startup_seconds", self.seconds, step=0)
 

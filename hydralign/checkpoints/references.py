@@ -13,7 +13,7 @@ A reference is ``<source>[:<selector>]``:
 Checkpoints are picked from the run's ``checkpoints/index.json`` (steps, epochs and validation metrics as
 recorded while training), never guessed from file names; a selector that matches nothing fails before
 training with the checkpoints that exist, their steps and metric values. The result carries the lineage
-that ``hydralign.tracking.log_lineage`` writes as MLflow tags (``lineage.source_run_id``,
+that ``hydralign.tracking.recorder.log_lineage`` writes as MLflow tags (``lineage.source_run_id``,
 ``lineage.selector``, ``lineage.step``, ``lineage.metric``, ``lineage.metric_value``, ``lineage.path``).
 File-system and MLflow look-ups only: torch is imported by ``resolve_model_dir`` alone, when a training
 checkpoint must be exported as a Hugging Face copy (cached in the source run's ``exports/``).
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from hydralign import checkpoint_index
+from hydralign.checkpoints import index as checkpoint_index
 from hydralign.errors import ConfigError
 
 # The config keys that hold references, and the MLflow tag prefix of each one's lineage.
@@ -66,7 +66,7 @@ _MEMO: dict[str, Resolved] = {}
 
 
 def forget() -> None:
-    """Start afresh: ``hydralign.train.run`` calls it first, so a process that runs several jobs (a reused
+    """Start afresh: ``hydralign.run.job.run`` calls it first, so a process that runs several jobs (a reused
     launcher worker, a notebook) sees each run's newest checkpoints, and one run sees one answer throughout."""
     _MEMO.clear()
 
@@ -146,7 +146,7 @@ def _mlflow_run_dir(run_id: str, tracking_uri: Optional[str], what: str) -> Path
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    from hydralign.tracking import tracking_uri as resolve_uri
+    from hydralign.tracking.store import tracking_uri as resolve_uri
 
     uri = resolve_uri(tracking_uri)
     try:
@@ -188,7 +188,7 @@ def _listing(rows: list[dict], metric: Optional[str]) -> str:
 def _select(run_dir: Path, selector: str, what: str) -> tuple[dict, Optional[str]]:
     rows = checkpoint_index.entries(run_dir / "checkpoints")
     if selector == "last":  # what is on disk decides: an index one write behind, or none (an older run)
-        from hydralign.resume import checkpoint_step, latest_checkpoint
+        from hydralign.checkpoints.files import checkpoint_step, latest_checkpoint
 
         newest = latest_checkpoint(run_dir / "checkpoints")
         if newest is not None and not any(r["path"] == newest for r in rows):
@@ -246,7 +246,7 @@ def resolve_model_dir(source: str, tracking_uri: Optional[str] = None, what: str
     if not (out / "config.json").is_file():
         import fcntl
 
-        from hydralign.model_export import export_checkpoint
+        from hydralign.checkpoints.export import export_checkpoint
 
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out.parent / (out.name + ".lock"), "w") as lock:  # parallel jobs and ranks export it once
