@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 CHECKPOINT_NAME = re.compile(r"^step(\d+)\.ckpt$")
 
@@ -15,11 +15,6 @@ LAST = "last.ckpt"
 SHARDED_META = "meta.pt"  # Lightning's ModelParallelStrategy (FSDP2): everything but the tensors
 
 
-def _get(cfg: Any, dotted: str) -> Any:
-    from omegaconf import Container, OmegaConf
-
-    value = OmegaConf.select(cfg, dotted, default=None)
-    return OmegaConf.to_container(value, resolve=True) if isinstance(value, Container) else value
 
 
 # --- finding the checkpoint ------------------------------------------------------------------

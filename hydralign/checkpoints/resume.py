@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from hydralign.checkpoints.files import SHARDED_META, checkpoint_step, latest_checkpoint
+from hydralign.config.read import setting
 from hydralign.errors import ConfigError
 
 # What a checkpoint's weights, optimizer state and data order depend on: resuming with another value is
@@ -22,7 +23,8 @@ COMPAT_KEYS = (
 )
 
 
-def _get(cfg: Any, dotted: str) -> Any:
+def _plain(cfg: Any, dotted: str) -> Any:
+    """The value at ``dotted`` as plain Python (lists and dicts resolved), None where the config lacks it."""
     from omegaconf import Container, OmegaConf
 
     value = OmegaConf.select(cfg, dotted, default=None)
@@ -33,9 +35,9 @@ def compat_signature(cfg: Any) -> dict[str, Any]:
     """The values of ``COMPAT_KEYS`` in this config (stored in every checkpoint), and the data order's one
     dependency beyond them: packed rows (their size) are what the schedule draws, not examples; padded and
     padding-free runs draw the same examples, so they resume each other."""
-    signature = {key: _get(cfg, key) for key in COMPAT_KEYS}
-    packed = _get(cfg, "data.packing") == "packed"
-    signature["data.packed_rows"] = _get(cfg, "data.max_tokens_per_micro") if packed else None
+    signature = {key: _plain(cfg, key) for key in COMPAT_KEYS}
+    packed = setting(cfg, "data.packing") == "packed"
+    signature["data.packed_rows"] = setting(cfg, "data.max_tokens_per_micro") if packed else None
     return signature
 
 

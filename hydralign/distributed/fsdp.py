@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from hydralign.config.read import setting
 from hydralign.errors import ConfigError
-
-
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = node.get(part, None) if isinstance(node, Mapping) or hasattr(node, "get") \
-            else getattr(node, part, None)
-        if node is None:
-            return default
-    return node
 
 
 # --- FSDP2 -----------------------------------------------------------------------------------------
@@ -145,7 +136,7 @@ def whole_weights(model, plan: Any, cfg: Any, tokenizer: Any) -> Iterator[Any]:
     partitions in place for the duration; otherwise every rank already holds them. Collective."""
     if plan.strategy == "fsdp":
         yield gathered_policy(model, cfg, tokenizer)
-    elif plan.strategy == "deepspeed" and int(_get(cfg, "hardware.zero_stage", 0)) == 3:
+    elif plan.strategy == "deepspeed" and int(setting(cfg, "hardware.zero_stage") or 0) == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):

@@ -21,20 +21,13 @@ data, model or MLflow run exists. Nothing here imports torch at module level: th
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
+
+from hydralign.config.read import setting
 
 DEEPSPEED_CONFIG_FILE = "deepspeed_config.json"
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = node.get(part, None) if isinstance(node, Mapping) or hasattr(node, "get") \
-            else getattr(node, part, None)
-        if node is None:
-            return default
-    return node
 
 
 # --- DeepSpeed (pure) ------------------------------------------------------------------------------
@@ -42,7 +35,7 @@ def deepspeed_config(plan: Any, cfg: Any) -> dict[str, Any]:
     """The DeepSpeed config of a run, from its plan and ``hardware.*`` (the keys are DeepSpeed's own,
     https://www.deepspeed.ai/docs/config-json/). No ``gradient_accumulation_steps``: Lightning sets it from
     ``plan.grad_accum``, and DeepSpeed checks train_batch_size = micro x accumulation x world size."""
-    stage = int(_get(cfg, "hardware.zero_stage"))
+    stage = int(setting(cfg, "hardware.zero_stage"))
     zero: dict[str, Any] = {"stage": stage, "overlap_comm": True, "contiguous_gradients": True,
                             "reduce_bucket_size": 500_000_000}
     if stage == 3:
@@ -50,14 +43,14 @@ def deepspeed_config(plan: Any, cfg: Any) -> dict[str, Any]:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     else:
         zero.update({"allgather_partitions": True, "allgather_bucket_size": 500_000_000, "reduce_scatter": True})
-    if _get(cfg, "hardware.zero_offload_optimizer", False):
+    if setting(cfg, "hardware.zero_offload_optimizer"):
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
-    if _get(cfg, "hardware.zero_offload_params", False):
+    if setting(cfg, "hardware.zero_offload_params"):
         zero["offload_param"] = {"device": "cpu", "pin_memory": True}
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": plan.micro_batch,
         "train_batch_size": plan.effective_batch,
-        "gradient_clipping": float(_get(cfg, "optimizer.grad_clip", 0.0) or 0.0),
+        "gradient_clipping": float((setting(cfg, "optimizer.grad_clip") or 0.0) or 0.0),
         "zero_optimization": zero,
         # The optimizer is hydralign's (optimizer.name, built in configure_optimizers), not DeepSpeed's.
         "zero_allow_untested_optimizer": True,
@@ -88,7 +81,7 @@ def loss_multiplier(plan: Any) -> int:
 def process_group_timeout(cfg: Any) -> dict[str, Any]:
     """``timeout=`` for the strategy from ``hardware.dist_timeout_min`` (nothing when null: Lightning's 30
     minutes). A collective that waits longer fails the job (NCCL's watchdog, ``hardware.env``)."""
-    minutes = _get(cfg, "hardware.dist_timeout_min")
+    minutes = setting(cfg, "hardware.dist_timeout_min")
     if minutes is None:
         return {}
     from datetime import timedelta
@@ -98,7 +91,7 @@ def process_group_timeout(cfg: Any) -> dict[str, Any]:
 
 def build_strategy(plan: Any, cfg: Any):
     """Lightning's strategy for the plan: "auto" for one plain process, else a strategy object."""
-    backend = _get(cfg, "hardware.process_backend")
+    backend = setting(cfg, "hardware.process_backend")
     timeout = process_group_timeout(cfg)
     if plan.strategy == "fsdp":
         from lightning.pytorch.strategies import ModelParallelStrategy

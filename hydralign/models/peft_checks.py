@@ -3,9 +3,10 @@ anything is loaded or any MLflow run exists. Every message names the override th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
+from hydralign.config.read import setting
 from hydralign.errors import ConfigError
 
 PEFT_NAMES = ("none", "lora", "qlora")
@@ -15,14 +16,6 @@ COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
 QLORA_STRATEGIES = ("auto", "ddp")  # one process per GPU, each holding the whole 4-bit base
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = node.get(part, None) if isinstance(node, Mapping) or hasattr(node, "get") \
-            else getattr(node, part, None)
-        if node is None:
-            return default
-    return node
 
 
 def check_peft(cfg: Any) -> None:
@@ -30,10 +23,10 @@ def check_peft(cfg: Any) -> None:
 
     ``cfg`` is the composed config (a DictConfig, a dict, or anything with attributes); a config
     without a ``peft`` node means ``peft=none``. Raises :class:`ConfigError`; returns nothing."""
-    name = _get(cfg, "peft.name", "none")
+    name = setting(cfg, "peft.name")
     if name not in PEFT_NAMES:
         raise ConfigError(f"peft={name} is unknown; choose one of: {', '.join(PEFT_NAMES)}")
-    load_in_4bit = bool(_get(cfg, "peft.load_in_4bit", False))
+    load_in_4bit = bool(setting(cfg, "peft.load_in_4bit"))
     if name != "qlora":
         if load_in_4bit:
             raise ConfigError(f"peft.load_in_4bit=true needs peft=qlora (adapters on the 4-bit base); "
@@ -46,19 +39,19 @@ def check_peft(cfg: Any) -> None:
 
 
 def _check_lora(cfg: Any) -> None:
-    r = _get(cfg, "peft.r", 64)
+    r = setting(cfg, "peft.r")
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ConfigError(f"peft.r={r} must be an integer >= 1 (the adapter rank, e.g. peft.r=16)")
-    alpha = _get(cfg, "peft.alpha", 16.0)
+    alpha = setting(cfg, "peft.alpha")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
         raise ConfigError(f"peft.alpha={alpha} must be > 0 (the adapter output is scaled by alpha / r)")
-    dropout = _get(cfg, "peft.dropout", 0.0)
+    dropout = setting(cfg, "peft.dropout")
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ConfigError(f"peft.dropout={dropout} must be in [0, 1), e.g. peft.dropout=0.05")
-    bias = _get(cfg, "peft.bias", "none")
+    bias = setting(cfg, "peft.bias")
     if bias not in LORA_BIASES:
         raise ConfigError(f"peft.bias={bias} is unknown; choose one of: {', '.join(LORA_BIASES)}")
-    targets = _get(cfg, "peft.target_modules", "all-linear")
+    targets = setting(cfg, "peft.target_modules")
     if isinstance(targets, str):
         if targets != "all-linear":
             raise ConfigError(f"peft.target_modules={targets} must be all-linear or a list of module names, "
@@ -72,23 +65,23 @@ def _check_qlora(cfg: Any, load_in_4bit: bool) -> None:
     if not load_in_4bit:
         raise ConfigError("peft=qlora with peft.load_in_4bit=false is plain LoRA; use peft=lora, "
                           "or set peft.load_in_4bit=true")
-    if _get(cfg, "hardware.accelerator", "cpu") != "gpu":
+    if setting(cfg, "hardware.accelerator") != "gpu":
         raise ConfigError("peft=qlora quantizes the base to 4 bits with bitsandbytes, which needs CUDA; use "
                           "peft=lora on this hardware or a GPU preset such as hardware=1xV100")
-    if _get(cfg, "model.source", "pretrained") != "pretrained":
-        raise ConfigError(f"peft=qlora quantizes pretrained weights, but model={_get(cfg, 'model.name')} is "
-                          f"built from config with random init (model.source={_get(cfg, 'model.source')}); "
+    if setting(cfg, "model.source") != "pretrained":
+        raise ConfigError(f"peft=qlora quantizes pretrained weights, but model={setting(cfg, 'model.name')} is "
+                          f"built from config with random init (model.source={setting(cfg, 'model.source')}); "
                           "use peft=lora, or a pretrained model such as model=llama31_8b")
-    quant_type = _get(cfg, "peft.quant_type", "nf4")
+    quant_type = setting(cfg, "peft.quant_type")
     if quant_type not in QUANT_TYPES:
         raise ConfigError(f"peft.quant_type={quant_type} is unknown; choose one of: {', '.join(QUANT_TYPES)}")
-    compute = _get(cfg, "peft.compute_dtype", "float16")
+    compute = setting(cfg, "peft.compute_dtype")
     if compute not in COMPUTE_DTYPES:
         raise ConfigError(f"peft.compute_dtype={compute} is unknown; choose one of: {', '.join(COMPUTE_DTYPES)}")
-    gpu = str(_get(cfg, "hardware.gpu", "") or "")
+    gpu = str((setting(cfg, "hardware.gpu") or '') or "")
     if gpu.startswith("V100") and compute == "bfloat16":
         raise ConfigError(f"hardware.gpu={gpu} has no bf16; set peft.compute_dtype=float16")
-    strategy = _get(cfg, "hardware.strategy", "auto")
+    strategy = setting(cfg, "hardware.strategy")
     if strategy not in QLORA_STRATEGIES:
         raise ConfigError(f"peft=qlora runs with hardware.strategy auto or ddp (each GPU holds the whole 4-bit "
                           f"base); sharding it with hardware.strategy={strategy} is not supported, use "

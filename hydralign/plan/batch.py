@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from hydralign.config.read import setting
 from hydralign.errors import ConfigError
-
-
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if isinstance(node, Mapping) or hasattr(node, "get"):
-            node = node.get(part, None)
-        else:
-            node = getattr(node, part, None)
-        if node is None:
-            return default
-    return node
 
 
 def divisibility_hint(effective: int, world: int, micro: int) -> str:
@@ -38,13 +26,13 @@ def divisibility_hint(effective: int, world: int, micro: int) -> str:
 
 def batch_sizes(cfg: Any, world: int) -> tuple[int, int, int, int]:
     """(effective, micro, grad_accum, global_micro) of an offline method, checked."""
-    effective = int(_get(cfg, "batch.effective", 1))
+    effective = int(setting(cfg, "batch.effective"))
     if effective < 1:
         raise ConfigError(f"batch.effective={effective} must be >= 1 (examples per optimizer step over all "
                           f"devices), e.g. batch.effective={32 * world}")
-    micro_given = _get(cfg, "batch.micro")
+    micro_given = setting(cfg, "batch.micro")
     if micro_given is None:
-        max_micro = int(_get(cfg, "batch.max_micro", 32))
+        max_micro = int(setting(cfg, "batch.max_micro"))
         if effective % world:
             raise ConfigError(f"batch.effective={effective} is not divisible by world_size {world}; use a "
                               f"multiple of {world}, e.g. batch.effective={(effective // world + 1) * world}")
@@ -62,7 +50,7 @@ def batch_sizes(cfg: Any, world: int) -> tuple[int, int, int, int]:
     if effective % global_micro:
         raise ConfigError(divisibility_hint(effective, world, micro))
     grad_accum = effective // global_micro
-    given = _get(cfg, "batch.grad_accum")
+    given = setting(cfg, "batch.grad_accum")
     if given is not None and int(given) != grad_accum:
         raise ConfigError(f"batch.grad_accum={given} disagrees with the derived grad_accum {grad_accum} "
                           f"(= batch.effective {effective} / (world_size {world} x batch.micro {micro})); "

@@ -8,12 +8,11 @@ micro x world size, *effective* = examples per optimizer step over all devices a
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Optional
 
 from hydralign.config.choices import OPTIMIZERS, PRECISIONS, SCHEDULES, STRATEGIES
-from hydralign.config.schema import OptimizerConfig, ScheduleConfig
+from hydralign.config.read import setting
 from hydralign.data.arithmetic import check_balanced_fraction  # pure: random and errors only
 from hydralign.errors import ConfigError
 from hydralign.methods.spec import MethodSpec
@@ -70,20 +69,10 @@ class Plan:
         return asdict(self)
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if isinstance(node, Mapping) or hasattr(node, "get"):
-            node = node.get(part, None)
-        else:
-            node = getattr(node, part, None)
-        if node is None:
-            return default
-    return node
 
 
 def _check_loss_chunk(cfg: Any, spec: MethodSpec, strategy: str) -> None:
-    chunk = _get(cfg, "model.loss_chunk_size")
+    chunk = setting(cfg, "model.loss_chunk_size")
     if chunk is None:
         return
     if int(chunk) < 1:
@@ -93,7 +82,7 @@ def _check_loss_chunk(cfg: Any, spec: MethodSpec, strategy: str) -> None:
         usable = " and ".join(f"method={n}" for n in with_flag("chunked_loss"))
         raise ConfigError(f"model.loss_chunk_size={chunk} applies to {usable}; method={spec.name} "
                           "computes its own loss: set model.loss_chunk_size=null")
-    if strategy == "deepspeed" and _get(cfg, "hardware.zero_stage") == 3:
+    if strategy == "deepspeed" and setting(cfg, "hardware.zero_stage") == 3:
         raise ConfigError(f"model.loss_chunk_size={chunk} runs the LM head's weight outside the head module, which "
                           "DeepSpeed ZeRO-3 gathers only when the module itself runs: set model.loss_chunk_size=null, "
                           "or hardware.strategy=fsdp (FSDP2 keeps the head gathered), or hardware.zero_stage=2")
@@ -104,7 +93,7 @@ def _checkpoint_steps(cfg: Any, method: str, rollout: Optional[RolloutPlan], eva
     converted for an online method. An episode is one sampled completion, generated once per rollout batch, so
     a step is ``samples_per_rollout / steps_per_rollout`` episodes (the mini-batch of all devices when
     num_iterations is 1). Those steps must be whole and validated, else ``<run>:best`` could not pick them."""
-    steps, episodes = _get(cfg, "checkpoint.every_n_steps"), _get(cfg, "checkpoint.every_n_episodes")
+    steps, episodes = setting(cfg, "checkpoint.every_n_steps"), setting(cfg, "checkpoint.every_n_episodes")
     if episodes is None:
         return int(steps) if steps is not None else None
     episodes = int(episodes)
@@ -133,21 +122,21 @@ def _checkpoint_steps(cfg: Any, method: str, rollout: Optional[RolloutPlan], eva
 def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     """Derive and check every size. ``num_train_examples`` is the loaded train split's size; without
     it the plan uses what the config knows (synthetic task size, ``data.num_examples``)."""
-    spec = get_method(_get(cfg, "method.name"))
+    spec = get_method(setting(cfg, "method.name"))
     if spec.check:
         spec.check(cfg)
     from hydralign.models.peft_checks import check_peft
 
     check_peft(cfg)
 
-    nodes = int(_get(cfg, "hardware.nodes", 1))
-    devices = int(_get(cfg, "hardware.devices_per_node", 1))
+    nodes = int(setting(cfg, "hardware.nodes"))
+    devices = int(setting(cfg, "hardware.devices_per_node"))
     if nodes < 1 or devices < 1:
         raise ConfigError(f"hardware.nodes={nodes} and hardware.devices_per_node={devices} must both be >= 1")
     world = nodes * devices - generator_devices(cfg, nodes * devices, spec.name, spec.data_kind)  # the learners
-    accelerator = _get(cfg, "hardware.accelerator", "cpu")
-    strategy = _get(cfg, "hardware.strategy", "auto")
-    precision = str(_get(cfg, "hardware.precision", "32-true"))
+    accelerator = setting(cfg, "hardware.accelerator")
+    strategy = setting(cfg, "hardware.strategy")
+    precision = str(setting(cfg, "hardware.precision"))
     if strategy not in STRATEGIES:
         raise ConfigError(f"hardware.strategy={strategy} is unknown; choose one of: {', '.join(STRATEGIES)}")
     if precision not in PRECISIONS:
@@ -155,11 +144,11 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     if accelerator == "cpu" and precision.startswith("16"):
         raise ConfigError(f"hardware.precision={precision} needs a GPU; on CPU use hardware.precision=32-true "
                           "or bf16-mixed")
-    gpu = str(_get(cfg, "hardware.gpu", "") or "")
+    gpu = str((setting(cfg, "hardware.gpu") or '') or "")
     if gpu.startswith("V100"):
         if precision.startswith("bf16"):
             raise ConfigError(f"hardware.gpu={gpu} has no bf16; set hardware.precision=16-mixed")
-        if _get(cfg, "model.attn_implementation") == "flash_attention_2":
+        if setting(cfg, "model.attn_implementation") == "flash_attention_2":
             raise ConfigError(f"hardware.gpu={gpu} cannot run flash-attention 2 (Ampere or newer); "
                               "set model.attn_implementation=sdpa")
     check_strategy(cfg, held_frozen=spec.held_models(cfg), zero3_fix=spec.zero3_fix)  # what fsdp / deepspeed cannot run, and the fix
@@ -168,19 +157,19 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
 
     rollout: Optional[RolloutPlan] = None
     if spec.data_kind == "prompts":
-        rollout, micro, grad_accum = rollout_sizes(cfg, world)
+        rollout, micro, grad_accum = rollout_sizes(cfg, world, spec.schema)
         effective, global_micro = rollout.mini_batch_samples, world * micro
     else:
         effective, micro, grad_accum, global_micro = batch_sizes(cfg, world)
 
     # Packed: the items are rows, counted once the data is tokenized and packed.
     if num_train_examples is None and packing != "packed":
-        if _get(cfg, "data.source") == "arithmetic":
-            num_train_examples = int(_get(cfg, "data.arithmetic.num_train"))
-            check_balanced_fraction(float(_get(cfg, "data.arithmetic.balanced_fraction")))
-        elif _get(cfg, "data.num_examples") is not None:
-            n = int(_get(cfg, "data.num_examples"))
-            num_train_examples = n - int(round(n * float(_get(cfg, "data.val_fraction", 0.0) or 0.0)))
+        if setting(cfg, "data.source") == "arithmetic":
+            num_train_examples = int(setting(cfg, "data.arithmetic.num_train"))
+            check_balanced_fraction(float(setting(cfg, "data.arithmetic.balanced_fraction")))
+        elif setting(cfg, "data.num_examples") is not None:
+            n = int(setting(cfg, "data.num_examples"))
+            num_train_examples = n - int(round(n * float(setting(cfg, "data.val_fraction") or 0.0)))
     steps_per_epoch = None
     if rollout is not None and num_train_examples is not None:
         if num_train_examples < rollout.prompts_per_rollout:
@@ -194,8 +183,8 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
                               f"step needs (batch.effective={effective}); lower batch.effective or add data")
         steps_per_epoch = num_train_examples // effective
 
-    max_steps = _get(cfg, "trainer.max_steps")
-    max_epochs = _get(cfg, "trainer.max_epochs")
+    max_steps = setting(cfg, "trainer.max_steps")
+    max_epochs = setting(cfg, "trainer.max_epochs")
     total_steps: Optional[int] = None
     epochs: Optional[float] = None
     if max_steps is not None and int(max_steps) != -1 and int(max_steps) < 1:  # -1: Lightning's "no limit"
@@ -218,10 +207,10 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
         raise ConfigError("training length is not set: give trainer.max_steps=N (optimizer steps) or "
                           "trainer.max_epochs=N (data passes)")
 
-    schedule = _get(cfg, "schedule.name", ScheduleConfig.name)  # one source of defaults: the schema
+    schedule = setting(cfg, "schedule.name")  # one source of defaults: the schema
     if schedule not in SCHEDULES:
         raise ConfigError(f"schedule={schedule} is unknown; choose one of: {', '.join(SCHEDULES)}")
-    w_steps, w_ratio = _get(cfg, "schedule.warmup_steps"), _get(cfg, "schedule.warmup_ratio")
+    w_steps, w_ratio = setting(cfg, "schedule.warmup_steps"), setting(cfg, "schedule.warmup_ratio")
     if w_steps is not None and w_ratio is not None and int(w_steps) > 0 and float(w_ratio) > 0:
         raise ConfigError(f"give schedule.warmup_steps ({w_steps}) or schedule.warmup_ratio ({w_ratio}), "
                           "not both: set the other to null")
@@ -241,32 +230,32 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
                           f"lower it (e.g. schedule.warmup_steps={max(0, total_steps // 10)}) or use "
                           "schedule.warmup_ratio")
     if schedule == "multistep":
-        ms, fs = list(_get(cfg, "schedule.milestones", [])), list(_get(cfg, "schedule.factors", []))
+        ms, fs = list(setting(cfg, "schedule.milestones")), list(setting(cfg, "schedule.factors"))
         if len(ms) != len(fs) or any(not 0 < m < 1 for m in ms) or ms != sorted(ms):
             raise ConfigError(f"schedule.milestones={ms} must be increasing fractions in (0, 1), one per "
                               f"schedule.factors={fs}")
 
     generated = ("val/exact_match", "val/exact_match_flex", "val/repetition_rate")
-    if int(_get(cfg, "eval.num_generate", 1)) == 0:
+    if int(setting(cfg, "eval.num_generate")) == 0:
         for key in ("checkpoint.monitor", "optimized_metric"):
-            if _get(cfg, key) in generated:
-                raise ConfigError(f"{key}={_get(cfg, key)} comes from generation, but eval.num_generate=0; "
+            if setting(cfg, key) in generated:
+                raise ConfigError(f"{key}={setting(cfg, key)} comes from generation, but eval.num_generate=0; "
                                   f"set {key}=val/loss or eval.num_generate > 0")
-    every = int(_get(cfg, "eval.every_n_steps", 100))
+    every = int(setting(cfg, "eval.every_n_steps"))
     if every < 1:
         raise ConfigError(f"eval.every_n_steps={every} must be >= 1")
-    max_seq_len = int(_get(cfg, "data.max_seq_len", 0))
-    lr = float(_get(cfg, "optimizer.lr", _get(cfg, "lr", 0.0)))
+    max_seq_len = int(setting(cfg, "data.max_seq_len"))
+    lr = float(setting(cfg, "optimizer.lr"))
     if not lr > 0:
         raise ConfigError(f"lr={lr} must be > 0")
-    seed = int(_get(cfg, "seed", 0))
+    seed = int(setting(cfg, "seed"))
     if not 0 <= seed <= MAX_SEED:  # Lightning's seed_everything refuses others, only once training starts
         raise ConfigError(f"seed={seed} must be in [0, {MAX_SEED}]")
-    optimizer = _get(cfg, "optimizer.name", OptimizerConfig.name)
+    optimizer = setting(cfg, "optimizer.name")
     if optimizer not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name={optimizer} is unknown; choose one of: {', '.join(OPTIMIZERS)}")
     ckpt_every = _checkpoint_steps(cfg, spec.name, rollout, every)
-    episodes = _get(cfg, "checkpoint.every_n_episodes")  # (then ckpt_every holds its steps)
+    episodes = setting(cfg, "checkpoint.every_n_episodes")  # (then ckpt_every holds its steps)
     if rollout is not None and episodes is not None:
         rollout = replace(rollout, checkpoint_every_n_episodes=int(episodes))
     # One schedule item (an example, or a packed row): its sequences and their length.
@@ -279,13 +268,13 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     return Plan(
         method=spec.name, data_kind=spec.data_kind,
         loss_unit=GRPO_UNITS.get(rollout.loss_type, spec.unit) if rollout else spec.unit, frozen_models=spec.frozen_models(cfg),
-        model=str(_get(cfg, "model.name", "?")), accelerator=accelerator, strategy=strategy,
+        model=str(setting(cfg, "model.name") or '?'), accelerator=accelerator, strategy=strategy,
         precision=precision, nodes=nodes, devices_per_node=devices, world_size=world, micro_batch=micro,
         grad_accum=grad_accum, global_micro_batch=global_micro, effective_batch=effective,
         max_seq_len=max_seq_len, max_tokens_per_step=effective * sequences * length,
         num_train_examples=num_train_examples, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
         epochs=epochs, warmup_steps=warmup, lr=lr, schedule=schedule, eval_every_n_steps=every,
-        seed=seed, num_parameters=_get(cfg, "model.num_parameters"),
+        seed=seed, num_parameters=setting(cfg, "model.num_parameters"),
         memory=estimate_memory(inputs) if inputs is not None else None, rollout=rollout,
         checkpoint_every_n_steps=ckpt_every,
         packing=packing, max_tokens_per_micro=row_tokens if packing == "packed" else None,

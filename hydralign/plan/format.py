@@ -2,25 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from hydralign.plan.core import Plan
 from hydralign.plan.memory import format_memory
 from hydralign.plan.packing import PACKING_TEXT
 from hydralign.plan.rollout import format_rollout
-
-
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if isinstance(node, Mapping) or hasattr(node, "get"):
-            node = node.get(part, None)
-        else:
-            node = getattr(node, part, None)
-        if node is None:
-            return default
-    return node
 
 
 def format_plan(plan: Plan, title: str = "plan") -> str:

@@ -45,21 +45,15 @@ Not counted: the CUDA context and kernels (~0.5-1 GiB), allocator fragmentation,
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from hydralign.config.read import setting
 
 GIB = float(2**30)
 CHAR_VOCAB_BASE = 4 + 97  # the char tokenizer: <pad> <unk> <s> </s>, printable ASCII, newline, tab (+ markers)
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = node.get(part, None) if isinstance(node, Mapping) or hasattr(node, "get") else getattr(node, part, None)
-        if node is None:
-            return default
-    return node
 
 
 @dataclass(frozen=True)
@@ -159,53 +153,53 @@ def char_vocab_size() -> int:
 def model_arch(cfg: Any) -> Optional[Arch]:
     """The Llama architecture of ``cfg.model``: source=config always (vocabulary: model.vocab_size, else the char
     tokenizer's size); a pretrained card only when it states model.vocab_size with the architecture fields."""
-    vocab = _get(cfg, "model.vocab_size")
-    if _get(cfg, "model.source", "config") == "config":
-        if vocab is None and _get(cfg, "model.tokenizer") == "char":
+    vocab = setting(cfg, "model.vocab_size")
+    if setting(cfg, "model.source") == "config":
+        if vocab is None and setting(cfg, "model.tokenizer") == "char":
             vocab = char_vocab_size()
     if vocab is None:
         return None
-    heads = int(_get(cfg, "model.num_heads", 4))
-    return Arch(hidden=int(_get(cfg, "model.hidden_size", 128)), layers=int(_get(cfg, "model.num_layers", 4)),
-                heads=heads, kv_heads=int(_get(cfg, "model.num_kv_heads") or heads),
-                intermediate=int(_get(cfg, "model.intermediate_size", 256)), vocab=int(vocab),
-                tied=bool(_get(cfg, "model.tie_word_embeddings", False)))
+    heads = int(setting(cfg, "model.num_heads"))
+    return Arch(hidden=int(setting(cfg, "model.hidden_size")), layers=int(setting(cfg, "model.num_layers")),
+                heads=heads, kv_heads=int(setting(cfg, "model.num_kv_heads") or heads),
+                intermediate=int(setting(cfg, "model.intermediate_size")), vocab=int(vocab),
+                tied=bool(setting(cfg, "model.tie_word_embeddings")))
 
 
 def memory_inputs(cfg: Any, micro: int, sequences_per_example: int, held: tuple[str, ...], chunked_loss: bool,
                   seq_len: Optional[int] = None) -> Optional[MemoryInputs]:
     """``seq_len``: tokens per row when it is not ``data.max_seq_len`` (packed rows)."""
     arch = model_arch(cfg)
-    if _get(cfg, "model.source", "config") == "config" and arch is not None:
+    if setting(cfg, "model.source") == "config" and arch is not None:
         params = float(arch.params)
-    elif _get(cfg, "model.num_parameters") is not None:
-        params = float(_get(cfg, "model.num_parameters"))
+    elif setting(cfg, "model.num_parameters") is not None:
+        params = float(setting(cfg, "model.num_parameters"))
     elif arch is not None:
         params = float(arch.params)
     else:
         return None
-    precision = str(_get(cfg, "hardware.precision", "32-true"))
-    dtype = str(_get(cfg, "model.dtype", "float32"))
+    precision = str(setting(cfg, "hardware.precision"))
+    dtype = str(setting(cfg, "model.dtype"))
     weight_bytes = 2 if dtype in ("bfloat16", "float16") or precision in ("bf16-true", "16-true") else 4
-    peft = str(_get(cfg, "peft.name", "none"))
-    if peft != "none" and _get(cfg, "peft.load_in_4bit", False):
+    peft = str(setting(cfg, "peft.name"))
+    if peft != "none" and setting(cfg, "peft.load_in_4bit"):
         peft = "qlora"
     return MemoryInputs(
         params=params, arch=arch, weight_bytes=weight_bytes, mixed=precision.endswith("-mixed"),
-        strategy=str(_get(cfg, "hardware.strategy", "auto")),
-        world=int(_get(cfg, "hardware.nodes", 1)) * int(_get(cfg, "hardware.devices_per_node", 1)),
-        zero_stage=_get(cfg, "hardware.zero_stage"),
-        offload_optimizer=bool(_get(cfg, "hardware.zero_offload_optimizer", False)),
-        offload_params=bool(_get(cfg, "hardware.zero_offload_params", False)),
-        fsdp_reshard_after_forward=bool(_get(cfg, "hardware.fsdp_reshard_after_forward", True)),
-        fsdp_accumulate_unsharded=bool(_get(cfg, "hardware.fsdp_accumulate_unsharded", False)),
-        peft=peft, lora_r=int(_get(cfg, "peft.r", 64)), lora_targets=_get(cfg, "peft.target_modules", "all-linear"),
-        optimizer=str(_get(cfg, "optimizer.name", "adamw")), momentum=float(_get(cfg, "optimizer.momentum", 0.0)),
-        micro=micro, sequences_per_example=sequences_per_example, seq_len=int(seq_len if seq_len is not None else _get(cfg, "data.max_seq_len", 0)),
-        checkpointing=bool(_get(cfg, "model.gradient_checkpointing", False)),
-        eager_attention=_get(cfg, "model.attn_implementation") == "eager",
-        loss_chunk=_get(cfg, "model.loss_chunk_size"), chunked_loss=chunked_loss, held=tuple(held),
-        device_gib=_get(cfg, "hardware.device_memory_gb"),
+        strategy=str(setting(cfg, "hardware.strategy")),
+        world=int(setting(cfg, "hardware.nodes")) * int(setting(cfg, "hardware.devices_per_node")),
+        zero_stage=setting(cfg, "hardware.zero_stage"),
+        offload_optimizer=bool(setting(cfg, "hardware.zero_offload_optimizer")),
+        offload_params=bool(setting(cfg, "hardware.zero_offload_params")),
+        fsdp_reshard_after_forward=bool(setting(cfg, "hardware.fsdp_reshard_after_forward")),
+        fsdp_accumulate_unsharded=bool(setting(cfg, "hardware.fsdp_accumulate_unsharded")),
+        peft=peft, lora_r=int(setting(cfg, "peft.r")), lora_targets=setting(cfg, "peft.target_modules"),
+        optimizer=str(setting(cfg, "optimizer.name")), momentum=float(setting(cfg, "optimizer.momentum")),
+        micro=micro, sequences_per_example=sequences_per_example, seq_len=int(seq_len if seq_len is not None else setting(cfg, "data.max_seq_len")),
+        checkpointing=bool(setting(cfg, "model.gradient_checkpointing")),
+        eager_attention=setting(cfg, "model.attn_implementation") == "eager",
+        loss_chunk=setting(cfg, "model.loss_chunk_size"), chunked_loss=chunked_loss, held=tuple(held),
+        device_gib=setting(cfg, "hardware.device_memory_gb"),
     )
 
 

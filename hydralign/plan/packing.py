@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Optional
 
+from hydralign.config.read import setting
 from hydralign.errors import ConfigError
 from hydralign.methods.specs import METHODS
-
-
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if isinstance(node, Mapping) or hasattr(node, "get"):
-            node = node.get(part, None)
-        else:
-            node = getattr(node, part, None)
-        if node is None:
-            return default
-    return node
-
 
 PACKING_TEXT = {
     "none": "none (one right-padded row per sequence)",
@@ -31,11 +18,11 @@ PACKING_TEXT = {
 def check_packing(cfg: Any, spec: Any) -> tuple[str, Optional[int]]:
     """(data.packing, tokens per packed row). Refuses a mode the method cannot use, and a row that could not
     hold the longest example (a pair: chosen + rejected)."""
-    mode = str(_get(cfg, "data.packing", "none") or "none")
+    mode = str(setting(cfg, "data.packing") or "none")
     if mode not in PACKING_TEXT:
         raise ConfigError(f"data.packing={mode} is unknown; choose one of: {', '.join(PACKING_TEXT)}")
-    if mode != "packed" and _get(cfg, "data.max_tokens_per_micro") is not None:
-        raise ConfigError(f"data.max_tokens_per_micro={_get(cfg, 'data.max_tokens_per_micro')} sizes packed rows; "
+    if mode != "packed" and setting(cfg, "data.max_tokens_per_micro") is not None:
+        raise ConfigError(f"data.max_tokens_per_micro={setting(cfg, 'data.max_tokens_per_micro')} sizes packed rows; "
                           f"with data.packing={mode} nothing reads it: set data.packing=packed or remove it")
     if mode == "none":
         return mode, None
@@ -45,13 +32,13 @@ def check_packing(cfg: Any, spec: Any) -> tuple[str, Optional[int]]:
                           "set data.packing=none")
     if mode == "padding_free":
         return mode, None
-    row = _get(cfg, "data.max_tokens_per_micro")
-    longest = spec.sequences_per_example * int(_get(cfg, "data.max_seq_len", 0))
+    row = setting(cfg, "data.max_tokens_per_micro")
+    longest = spec.sequences_per_example * int(setting(cfg, "data.max_seq_len"))
     if row is None:
         raise ConfigError(f"data.packing=packed needs data.max_tokens_per_micro (tokens per row), e.g. "
                           f"data.max_tokens_per_micro={max(longest, 1)}")
     if int(row) < longest:
         what = "a chosen + rejected pair" if spec.sequences_per_example == 2 else "an example"
         raise ConfigError(f"data.max_tokens_per_micro={row} cannot hold {what} of up to {longest} tokens "
-                          f"(data.max_seq_len={_get(cfg, 'data.max_seq_len')}); set data.max_tokens_per_micro>={longest}")
+                          f"(data.max_seq_len={setting(cfg, 'data.max_seq_len')}); set data.max_tokens_per_micro>={longest}")
     return mode, int(row)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from hydralign.config.read import setting
 from hydralign.errors import ConfigError
 
 
@@ -34,16 +34,6 @@ class RolloutPlan:
     checkpoint_every_n_episodes: Optional[int] = None  # checkpoint.every_n_episodes (Plan.checkpoint_every_n_steps)
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        if isinstance(node, Mapping) or hasattr(node, "get"):
-            node = node.get(part, None)
-        else:
-            node = getattr(node, part, None)
-        if node is None:
-            return default
-    return node
 
 
 GRPO_UNITS = {"grpo": "completions (each its own token mean)", "dapo": "completion tokens",
@@ -55,7 +45,7 @@ def generator_devices(cfg: Any, total: int, method: str, data_kind: str) -> int:
     the rest are the learners, the world size. Only 0 runs here (the learners generate with HF ``generate``):
     a separate generator needs a generation server this repository does not have, so any other count is
     refused, before anything loads, saying what runs instead."""
-    gens = int(_get(cfg, "hardware.generator_devices", 0) or 0)
+    gens = int(setting(cfg, "hardware.generator_devices") or 0)
     if gens == 0:
         return 0
     if gens < 0:
@@ -67,7 +57,7 @@ def generator_devices(cfg: Any, total: int, method: str, data_kind: str) -> int:
         raise ConfigError(f"hardware.generator_devices={gens} leaves no learner among the {total} devices "
                           "(hardware.nodes x hardware.devices_per_node)")
     learners = total - gens
-    nodes = max(1, int(_get(cfg, "hardware.nodes", 1)))
+    nodes = max(1, int(setting(cfg, "hardware.nodes")))
     same = (f"; for the same {learners} learners set hardware.devices_per_node={learners // nodes} "
             "hardware.generator_devices=0" if learners % nodes == 0 else "")
     raise ConfigError(f"hardware.generator_devices={gens} ({learners} learners + {gens} generators of {total} "
@@ -76,13 +66,14 @@ def generator_devices(cfg: Any, total: int, method: str, data_kind: str) -> int:
                       f"samples its own prompts with Hugging Face generate (KV cache){same}")
 
 
-def rollout_sizes(cfg: Any, world: int) -> tuple[RolloutPlan, int, int]:
-    """(the rollout hierarchy with its totals unset, micro, grad_accum) for a method of data kind prompts.
+def rollout_sizes(cfg: Any, world: int, schema: type) -> tuple[RolloutPlan, int, int]:
+    """(the rollout hierarchy with its totals unset, micro, grad_accum) for a method of data kind prompts
+    (``schema``: its config dataclass, the source of its defaults).
     Every division checked, both numbers named."""
-    prompts = int(_get(cfg, "method.prompts_per_step", 16))
-    gens = int(_get(cfg, "method.num_generations", 4))
-    minis = int(_get(cfg, "method.num_mini_batches", 1))
-    iters = int(_get(cfg, "method.num_iterations", 1))
+    prompts = int(setting(cfg, "method.prompts_per_step", schema))
+    gens = int(setting(cfg, "method.num_generations", schema))
+    minis = int(setting(cfg, "method.num_mini_batches", schema))
+    iters = int(setting(cfg, "method.num_iterations", schema))
     samples = prompts * gens
     if prompts % world:
         raise ConfigError(f"method.prompts_per_step={prompts} is not divisible by world_size {world} (each device "
@@ -96,9 +87,9 @@ def rollout_sizes(cfg: Any, world: int) -> tuple[RolloutPlan, int, int]:
         raise ConfigError(f"the mini-batch of {mini} samples is not divisible by world_size {world}; change "
                           "method.num_mini_batches or method.prompts_per_step")
     local = mini // world
-    micro_given = _get(cfg, "batch.micro")
+    micro_given = setting(cfg, "batch.micro")
     if micro_given is None:
-        cap = max(1, int(_get(cfg, "batch.max_micro", 32)))
+        cap = max(1, int(setting(cfg, "batch.max_micro")))
         micro = max(m for m in range(1, min(local, cap) + 1) if local % m == 0)
     else:
         micro = int(micro_given)
@@ -108,18 +99,18 @@ def rollout_sizes(cfg: Any, world: int) -> tuple[RolloutPlan, int, int]:
             raise ConfigError(f"the local mini-batch of {local} samples per device is not divisible by batch.micro="
                               f"{micro}; use a divisor of {local}, or batch.micro=null to derive one")
     accum = local // micro
-    given = _get(cfg, "batch.grad_accum")
+    given = setting(cfg, "batch.grad_accum")
     if given is not None and int(given) != accum:
         raise ConfigError(f"batch.grad_accum={given} disagrees with the derived {accum} (local mini-batch {local} / "
                           f"batch.micro {micro}); drop batch.grad_accum")
-    completion = _get(cfg, "method.max_completion_length") or _get(cfg, "eval.max_new_tokens", 32)
-    episodes = _get(cfg, "method.total_episodes")
+    completion = setting(cfg, "method.max_completion_length", schema) or setting(cfg, "eval.max_new_tokens")
+    episodes = setting(cfg, "method.total_episodes", schema)
     rollout = RolloutPlan(
         prompts_per_rollout=prompts, generations_per_prompt=gens, samples_per_rollout=samples,
         prompts_per_device=prompts // world, num_mini_batches=minis, mini_batch_samples=mini,
         mini_batch_samples_per_device=local, micro_batch_samples_per_device=micro, grad_accum_per_mini_batch=accum,
         num_iterations=iters, steps_per_rollout=minis * iters, max_completion_length=int(completion),
-        loss_type=str(_get(cfg, "method.loss_type", "dapo")),
+        loss_type=str(setting(cfg, "method.loss_type", schema)),
         total_episodes=int(episodes) if episodes is not None else None, total_rollouts=None,
         episodes_per_step=samples / (minis * iters))
     return rollout, micro, accum
@@ -134,7 +125,7 @@ def rollout_steps(cfg: Any, rollout: RolloutPlan) -> int:
             raise ConfigError(f"method.total_episodes={rollout.total_episodes} is less than one rollout batch of "
                               f"{rollout.samples_per_rollout} samples; raise it or lower method.prompts_per_step")
         return rollouts * per
-    max_steps = _get(cfg, "trainer.max_steps")
+    max_steps = setting(cfg, "trainer.max_steps")
     if max_steps is None or int(max_steps) < 1:
         raise ConfigError("training length is not set: give method.total_episodes=N (samples) or trainer.max_steps=N")
     if int(max_steps) % per:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Optional
 
+from hydralign.config.read import schema_default, setting
 from hydralign.errors import ConfigError
 
 ZERO_STAGES = (1, 2, 3)
 
 
-def _get(cfg: Any, dotted: str, default: Any = None) -> Any:
-    node = cfg
-    for part in dotted.split("."):
-        node = node.get(part, None) if isinstance(node, Mapping) or hasattr(node, "get") \
-            else getattr(node, part, None)
-        if node is None:
-            return default
-    return node
 
 
 # --- refusals (pure) -------------------------------------------------------------------------------
@@ -25,12 +17,12 @@ def check_strategy(cfg: Any, held_frozen: tuple[str, ...] = (), zero3_fix: Optio
     """Refuse what ``hardware.strategy`` cannot run, naming what to set instead. ``held_frozen``: the
     frozen models the method keeps in memory while training (e.g. DPO's reference copy); ``zero3_fix``: the
     method's own way not to hold them (its spec's), offered first when ZeRO-3 would."""
-    strategy = _get(cfg, "hardware.strategy", "auto")
-    precision = str(_get(cfg, "hardware.precision", "32-true"))
-    accelerator = _get(cfg, "hardware.accelerator", "cpu")
-    stage = _get(cfg, "hardware.zero_stage")
-    offload_optimizer = bool(_get(cfg, "hardware.zero_offload_optimizer", False))
-    offload_params = bool(_get(cfg, "hardware.zero_offload_params", False))
+    strategy = setting(cfg, "hardware.strategy")
+    precision = str(setting(cfg, "hardware.precision"))
+    accelerator = setting(cfg, "hardware.accelerator")
+    stage = setting(cfg, "hardware.zero_stage")
+    offload_optimizer = bool(setting(cfg, "hardware.zero_offload_optimizer"))
+    offload_params = bool(setting(cfg, "hardware.zero_offload_params"))
 
     if strategy != "deepspeed":
         if stage is not None:
@@ -41,13 +33,12 @@ def check_strategy(cfg: Any, held_frozen: tuple[str, ...] = (), zero3_fix: Optio
                 raise ConfigError(f"hardware.{key}=true applies to DeepSpeed only; with hardware.strategy="
                                   f"{strategy} set hardware.{key}=false, or hardware.strategy=deepspeed")
 
-    timeout = _get(cfg, "hardware.dist_timeout_min")
+    timeout = setting(cfg, "hardware.dist_timeout_min")
     if timeout is not None and float(timeout) <= 0:
         raise ConfigError(f"hardware.dist_timeout_min={timeout}: give the minutes a collective may wait (> 0), or "
                           "null for Lightning's 30")
-    fsdp_options = {"fsdp_reshard_after_forward": True, "fsdp_accumulate_unsharded": False}
-    for key, default in fsdp_options.items():
-        value = bool(_get(cfg, f"hardware.{key}", default))
+    for key in ("fsdp_reshard_after_forward", "fsdp_accumulate_unsharded"):
+        value, default = bool(setting(cfg, f"hardware.{key}")), schema_default(f"hardware.{key}")
         if strategy != "fsdp" and value != default:
             raise ConfigError(f"hardware.{key}={str(value).lower()} applies to FSDP2 only; with hardware.strategy="
                               f"{strategy} set hardware.{key}={str(default).lower()}, or hardware.strategy=fsdp")
