@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from hydralign.data.packing import PackedRow, collate_rows
-from hydralign.data.preference import PairExample
 from hydralign.data.tokenize import IGNORE, Example
 
 
@@ -81,15 +80,15 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
 
 
 def collate_items(items: list, indices: list[int], pad_id: int, real: Optional[list[bool]] = None) -> dict:
-    """SFT examples -> one row each; preference pairs -> rows ``[chosen_1..chosen_B, rejected_1..rejected_B]``
-    (one forward for both). ``index``: the items' positions in their split; ``real``: False for the
+    """Each item's ``sequences()`` as rows, sequence by sequence: SFT examples -> one row each; preference pairs
+    -> rows ``[chosen_1..chosen_B, rejected_1..rejected_B]`` (one forward for both). ``index``: the items' positions in their split; ``real``: False for the
     fillers that keep ranks in step (they must add nothing)."""
-    if items and isinstance(items[0], PairExample):
-        batch = collate([p.chosen for p in items] + [p.rejected for p in items], pad_id)
-    else:
-        batch = collate(items, pad_id)
+    per_item = [item.sequences() for item in items]
+    batch = collate([seqs[j] for j in range(len(per_item[0])) for seqs in per_item], pad_id)
     batch["index"] = torch.tensor(indices, dtype=torch.long)
     batch["real"] = torch.tensor(real if real is not None else [True] * len(items), dtype=torch.bool)
+    for key in getattr(items[0], "FIELDS", ()):  # per-item values a kind adds (unpaired: desirable)
+        batch[key] = torch.tensor([getattr(item, key) for item in items])
     return batch
 
 
@@ -169,10 +168,7 @@ class EvalBatches(Dataset):
     def __getitem__(self, index: int) -> dict:
         members = self.batches[index]
         if self.filler_batch and index == len(self.batches) - 1:
-            item = self.examples[0]
-            if isinstance(item, Example):
-                item = Example(item.input_ids, [IGNORE] * len(item.input_ids))
-            batch = collate_items([item], members, self.pad_id, real=[False])
+            batch = collate_items([self.examples[0].without_target()], members, self.pad_id, real=[False])
         else:
             batch = collate_items([self.examples[i] for i in members], members, self.pad_id)
         batch["split"] = self.split

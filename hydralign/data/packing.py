@@ -41,9 +41,7 @@ class PackedRow:
 
 def item_length(item: Union[Example, PairExample]) -> int:
     """Tokens an example (a pair: chosen + rejected) takes in a row."""
-    if isinstance(item, PairExample):
-        return len(item.chosen.input_ids) + len(item.rejected.input_ids)
-    return len(item.input_ids)
+    return sum(len(seq.input_ids) for seq in item.sequences())
 
 
 def pack_rows(lengths: list[int], capacity: int, seed: int) -> list[list[int]]:
@@ -83,7 +81,6 @@ def packed_items(examples: list, units: list[int], capacity: int, seed: int) -> 
 def collate_rows(rows: list[list[Union[Example, PairExample]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Rows of examples (or pairs) -> ``input_ids``, ``labels``, ``position_ids``, ``segments`` [R, W]
     (W: the longest row), with the sequence numbering of the module docstring."""
-    pairs = bool(rows) and bool(rows[0]) and isinstance(rows[0][0], PairExample)
     num_items = sum(len(r) for r in rows)
     width = max(sum(item_length(e) for e in r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -94,7 +91,7 @@ def collate_rows(rows: list[list[Union[Example, PairExample]]], pad_id: int) -> 
     for r, row in enumerate(rows):
         at = 0
         for e in row:
-            parts = [(e.chosen, item), (e.rejected, num_items + item)] if pairs else [(e, item)]
+            parts = [(seq, j * num_items + item) for j, seq in enumerate(e.sequences())]  # chosen, then rejected
             for seq, number in parts:
                 n = len(seq.input_ids)
                 ids[r, at:at + n] = torch.tensor(seq.input_ids)

@@ -44,6 +44,13 @@ class PairExample:
     def num_loss_tokens(self) -> int:
         return self.chosen.num_loss_tokens + self.rejected.num_loss_tokens
 
+    def sequences(self) -> tuple[Example, Example]:
+        return (self.chosen, self.rejected)
+
+    def without_target(self) -> PairExample:
+        """A filler pair keeps its labels (its log-probs stay finite); the batch's ``real`` False masks it."""
+        return self
+
 
 def _split_answer(turns: list[dict], origin: str, field: str) -> tuple[list[dict], str]:
     last = turns[-1] if turns else None

@@ -20,6 +20,14 @@ class Example:
         """Targets after the causal shift: label positions 1..n-1 that are not ignored."""
         return sum(1 for t in self.labels[1:] if t != IGNORE)
 
+    def sequences(self) -> tuple[Example, ...]:
+        """The rows an item puts in a forward (a pair: chosen, rejected); collation reads items through this."""
+        return (self,)
+
+    def without_target(self) -> Example:
+        """A filler that keeps ranks in step and adds nothing: no label left."""
+        return Example(self.input_ids, [IGNORE] * len(self.input_ids))
+
 
 @dataclass
 class GenerationExample:

@@ -9,7 +9,17 @@ is beta, ``eps`` the label smoothing, and the DPO margin is
     h = (pi_w - ref_w) - (pi_l - ref_l)
 
 Length-normalized losses (``ipo``, ``sigmoid_norm``, ``simpo``, ``sft``) divide every log-prob by its
-completion's token count first (``chosen_lengths``/``rejected_lengths``, required for them).
+completion's token count first (``chosen_lengths``/``rejected_lengths``, required for them), in the
+loss only.
+
+Implicit rewards (the ``rewards/*`` metrics) follow TRL's ``DPOTrainer`` for every loss type that has a
+reference: ``b (pi_w - ref_w)`` and ``b (pi_l - ref_l)`` on the *summed* log-probs, whatever the loss
+(TRL computes them once, after its loss loop, as ``self.beta * chosen_logratios``, where the log-ratios
+are token sums); so ``ipo``/``sigmoid_norm`` (and ``sft`` given a reference) report unnormalized rewards
+while their losses stay length-averaged. Reference-free types have no log-ratio: ``simpo`` (and ``sft``
+without a reference) report ``b`` times the length-averaged policy log-prob, as TRL's ``CPOTrainer``
+does for ``loss_type="simpo"`` (``b * policy_logps`` with ``average_log_prob=True``); TRL's
+``DPOTrainer`` has no reference-free loss.
 
 Step-0 identities used by the tests (policy = reference, so h = 0): sigmoid = ln 2, hinge = 1,
 ipo = 1 / (4 b^2), robust = ln 2 for any eps < 1/2, rewards 0.
@@ -75,17 +85,21 @@ def _single(loss_type: str, pw: Tensor, pl: Tensor, rw: Optional[Tensor], rl: Op
     needs_ref, needs_len = LOSS_TYPES[loss_type]
     if needs_ref and (rw is None or rl is None):
         raise ValueError(f"loss_type={loss_type} needs reference log-probs")
+    has_ref = rw is not None and rl is not None
+    # Rewards on the summed log-probs (TRL's DPOTrainer, any loss type), taken before the normalization below.
+    ref_rewards = (beta * (pw - rw).detach(), beta * (pl - rl).detach()) if has_ref else None
     if needs_len:
         if lw is None or ll is None:
             raise ValueError(f"loss_type={loss_type} needs chosen_lengths and rejected_lengths")
         pw, pl = pw / lw, pl / ll
-        if rw is not None and rl is not None:
+        if has_ref:
             rw, rl = rw / lw, rl / ll
-    if loss_type == "simpo":
+    if loss_type == "simpo":  # reference-free: b * avg log-prob (TRL's CPOTrainer), even if a reference is given
         return simpo_loss(pw, pl, beta, gamma_beta_ratio, eps), beta * pw.detach(), beta * pl.detach()
     if loss_type == "sft":  # RPO's NLL term (Pang et al. 2024, https://arxiv.org/abs/2404.19733): -pi_w / |y_w|
-        rewards = ((pw - rw) if rw is not None else pw, (pl - rl) if rl is not None else pl)
-        return -pw, beta * rewards[0].detach(), beta * rewards[1].detach()
+        if ref_rewards is None:  # no reference: b * avg log-prob, as simpo
+            return -pw, beta * pw.detach(), beta * pl.detach()
+        return -pw, ref_rewards[0], ref_rewards[1]
     h = (pw - rw) - (pl - rl)
     if loss_type in ("sigmoid", "sigmoid_norm"):  # sigmoid_norm = open-instruct's dpo_norm
         losses = sigmoid_loss(h, beta, eps)
@@ -95,7 +109,7 @@ def _single(loss_type: str, pw: Tensor, pl: Tensor, rw: Optional[Tensor], rl: Op
         losses = hinge_loss(h, beta)
     else:
         losses = ipo_loss(h, beta)
-    return losses, beta * (pw - rw).detach(), beta * (pl - rl).detach()
+    return losses, ref_rewards[0], ref_rewards[1]
 
 
 def preference_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
@@ -107,8 +121,11 @@ def preference_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     """Per-pair losses [B] and implicit rewards [B] (chosen, rejected), detached.
 
     ``loss_type`` is one name or a list combined as sum_i w_i * loss_i (``loss_weights``, default all
-    1); ``["sigmoid", "sft"]`` is RPO. Rewards come from the first non-``sft`` loss in the list
-    (b (pi - ref), length-averaged for the normalized losses; b * avg log-prob for simpo).
+    1); ``["sigmoid", "sft"]`` is RPO. Rewards come from the first non-``sft`` loss in the list (``sft``
+    alone: its own): b (pi - ref) on the *summed* log-probs for every loss with a reference, the
+    length-normalized ones included (TRL's DPOTrainer convention); b * length-averaged policy log-prob for
+    the reference-free ``simpo`` and for ``sft`` without a reference. Lengths change the normalized
+    losses, never the reference-based rewards.
     """
     types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
     if not types:

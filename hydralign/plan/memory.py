@@ -211,6 +211,27 @@ def _optimizer_states(name: str, momentum: float) -> int:
     return 0  # adafactor: factored second moments, rows + columns
 
 
+def _activations_and_logits(m: MemoryInputs, tokens: int, compute_bytes: int
+                            ) -> tuple[Optional[float], Optional[float]]:
+    """Bytes of the activations kept for backward and of the logits (and the loss over them) per micro-batch;
+    None without the architecture."""
+    arch = m.arch
+    if arch is None:
+        return None, None
+    h, kv, i, a, r = arch.hidden, arch.kv, arch.intermediate, compute_bytes, m.weight_bytes
+    layer = 6 * h * r + (3 * h + 2 * kv + 4 * i) * a + (2 + arch.heads) * 4
+    if m.mixed and r != a:
+        layer += 2 * h * a
+    if m.eager_attention:
+        layer += arch.heads * m.seq_len * (4 + a)
+    kept = arch.layers * h * r + layer if m.checkpointing else arch.layers * layer
+    activations = float(tokens * (kept + 3 * h * r))
+    if m.loss_chunk:
+        chunk = min(int(m.loss_chunk), tokens)
+        return activations, float(2 * chunk * arch.vocab * 4 + tokens * h * a)
+    return activations, float(tokens * arch.vocab * 12)
+
+
 def estimate_pieces(m: MemoryInputs) -> MemoryEstimate:
     """The estimate without suggestions (see the module docstring for every formula)."""
     notes: list[str] = []
@@ -269,22 +290,8 @@ def estimate_pieces(m: MemoryInputs) -> MemoryEstimate:
 
     # activations and logits
     tokens = m.micro * m.sequences_per_example * m.seq_len
-    activations = logits = None
-    if arch is not None:
-        h, kv, i, a, r = arch.hidden, arch.kv, arch.intermediate, compute_bytes, m.weight_bytes
-        layer = 6 * h * r + (3 * h + 2 * kv + 4 * i) * a + (2 + arch.heads) * 4
-        if m.mixed and r != a:
-            layer += 2 * h * a
-        if m.eager_attention:
-            layer += arch.heads * m.seq_len * (4 + a)
-        kept = arch.layers * h * r + layer if m.checkpointing else arch.layers * layer
-        activations = float(tokens * (kept + 3 * h * r))
-        if m.loss_chunk:
-            chunk = min(int(m.loss_chunk), tokens)
-            logits = float(2 * chunk * arch.vocab * 4 + tokens * h * a)
-        else:
-            logits = float(tokens * arch.vocab * 12)
-    else:
+    activations, logits = _activations_and_logits(m, tokens, compute_bytes)
+    if arch is None:
         notes.append("activations and logits unknown: the card gives no architecture (model.hidden_size, "
                      "num_layers, num_heads, num_kv_heads, intermediate_size, vocab_size)")
 

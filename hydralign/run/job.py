@@ -144,7 +144,7 @@ def _train(cfg: DictConfig, run_dir: Path, ckpt_path: Optional[Path], logger: An
     data.load()
     module_cls.check_data(cfg, data)  # e.g. a routed source no record has: refused before any model loads
     plan = make_plan(cfg, num_train_examples=data.num_train_items)
-    data.plan = plan
+    data.serve(plan)
 
     best_cb, ckpt_cbs = checkpoint_callbacks(cfg.checkpoint, run_dir / "checkpoints", plan.eval_every_n_steps,
                                              plan.steps_per_epoch, plan.checkpoint_every_n_steps)
