@@ -133,7 +133,7 @@ def run_hydralign(cfg) -> dict:
 
 # --- the bare loop ----------------------------------------------------------------------------
 def load_components(cfg):
-    """Tokenizer, tokenized pairs and the plan, as hydralign.run.job._train builds them."""
+    """Tokenizer, tokenized pairs and the plan, as hydralign.run.build builds them."""
     from hydralign.data.chat import template_for
     from hydralign.data.module import PostTrainingData
     from hydralign.methods.specs import get_method

@@ -63,7 +63,7 @@ def task(cfg: DictConfig) -> Optional[float]:
         apply_env(cfg.hardware)  # NCCL settings, before any process group (ranks started below inherit them)
 
         if needs_launch(cfg.hardware):  # one node, several devices: hydralign starts the ranks itself
-            from hydralign.run.job import default_run_dir
+            from hydralign.run.trainer import default_run_dir
 
             metrics = launch(cfg, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
         else:

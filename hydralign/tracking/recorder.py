@@ -138,3 +138,45 @@ def log_run_start(logger, plan: Plan, run_dir: Path, extra_metrics: dict[str, fl
         retry_locked(client.log_batch, run_id, metrics=metrics)
     for name in ("config.yaml", "plan.json"):
         retry_locked(client.log_artifact, run_id, str(run_dir / name))
+
+
+class RunRecorder:
+    """Every MLflow write of one run goes through here (Lightning's own metric logging goes through ``logger``, the
+    same run). Rank 0 writes; on other ranks, and with ``logger=none``, every method does nothing."""
+
+    def __init__(self, logger: Any, writes: bool):
+        self.logger = logger  # Lightning's MLFlowLogger (the Trainer's), or None
+        self.writes = logger is not None and writes
+
+    @classmethod
+    def open(cls, cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str], lineage: dict[str, Any],
+             rank_zero: bool) -> RunRecorder:
+        """The run exists from here (a job that then fails while loading data is a FAILED run): its params, known
+        from the config, and which checkpoints seeded it. ``run_id``: the run a resumed job continues."""
+        recorder = cls(make_logger(cfg, plan, run_dir, run_id=run_id), rank_zero)
+        if recorder.writes:
+            (run_dir / "mlflow_run_id").write_text(recorder.logger.run_id)
+            log_params(recorder.logger, config_params(cfg, plan))
+            log_lineage(recorder.logger, lineage)
+        return recorder
+
+    def log_start(self, plan: Plan, run_dir: Path, extra_metrics: dict[str, float], artifacts: tuple[Path, ...] = ()
+                  ) -> None:
+        """Once the data is loaded: its counts, the refined plan's params, config and plan (and ``artifacts``)."""
+        if not self.writes:
+            return
+        log_run_start(self.logger, plan, run_dir, extra_metrics)
+        for path in artifacts:
+            retry_locked(self.logger.experiment.log_artifact, self.logger.run_id, str(path))
+
+    def log_end(self, run_seconds: float, best_checkpoint: Optional[str]) -> None:
+        if not self.writes:
+            return
+        client, run_id = self.logger.experiment, self.logger.run_id
+        retry_locked(client.log_metric, run_id, "time/run_seconds", run_seconds)
+        if best_checkpoint:
+            retry_locked(client.set_tag, run_id, "best_checkpoint", best_checkpoint)
+
+    def finish(self, state: str, error: Optional[str] = None) -> None:
+        if self.writes:
+            finish(self.logger, state, error)

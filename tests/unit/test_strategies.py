@@ -143,7 +143,7 @@ def test_loss_multiplier_undoes_every_division():
 
 def test_fsdp_ranks_wait_for_rank_zeros_reference_logps():
     """Under FSDP2 only rank 0 holds real weights: the other ranks retry the cache until it is written."""
-    from hydralign.run.job import _wait_for_rank_zero
+    from hydralign.run.reference_logps import wait_for_rank_zero as _wait_for_rank_zero
 
     attempts = []
 

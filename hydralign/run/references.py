@@ -1,0 +1,60 @@
+"""The references stage: where the run writes and what it starts from. The resume point (``resume``: a run folder,
+a checkpoint, or ``auto``) and the checkpoints that seed it (``init_from``, a distillation teacher) are resolved
+first, so a reference that matches nothing fails before anything loads, listing what exists."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from hydralign.checkpoints.references import REFERENCES, describe, forget, reference_of, resolve_reference
+from hydralign.checkpoints.resume import check_newest, check_resumable, resolve_resume
+from hydralign.plan.core import Plan
+from hydralign.run.trainer import default_run_dir
+
+
+@dataclass(frozen=True)
+class References:
+    run_dir: Path  # where this run writes (resolved, created)
+    ckpt_path: Optional[Path]  # the checkpoint a resumed run continues from
+    run_id: Optional[str]  # the MLflow run a resumed run continues
+    lineage: dict[str, Any] = field(default_factory=dict)  # config key -> Resolved (init_from, teacher_from)
+
+
+def rank_zero() -> bool:
+    """Before the Trainer exists: torchrun / SLURM export the process rank."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0
+
+
+def resolve_references(cfg: DictConfig) -> References:
+    forget()  # references resolve afresh for each run (a :last may have moved since)
+    run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir(),
+                                        cfg.logger.tracking_uri)
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    id_file = run_dir / "mlflow_run_id"
+    run_id = id_file.read_text().strip() if ckpt_path and id_file.is_file() else None
+    return References(run_dir, ckpt_path, run_id, resolve_lineage(cfg))
+
+
+def check_resume(refs: References, cfg: DictConfig, plan: Plan) -> None:
+    """A resumed run with another model, effective batch, ...: refused with the keys that differ."""
+    if refs.ckpt_path is not None:
+        check_newest(refs.ckpt_path, refs.run_dir, str(cfg.resume))
+        check_resumable(refs.ckpt_path, cfg, plan.strategy)
+
+
+def resolve_lineage(cfg: DictConfig) -> dict[str, Any]:
+    """{config key: Resolved} for each reference the config sets; printed by rank 0."""
+    found = {}
+    for key in REFERENCES:
+        ref = reference_of(cfg, key)
+        if ref:
+            found[key] = resolve_reference(ref, cfg.logger.tracking_uri, what=key)
+            if rank_zero():
+                print(f"hydralign: {key}: {describe(found[key])}", flush=True)
+    return found
