@@ -163,6 +163,7 @@ class DataConfig:
     completion_field: str = "completion"
     chosen_field: str = "chosen"  # preference pairs: prompt_field + these two (strings or message lists)
     rejected_field: str = "rejected"
+    label_field: str = "label"  # unpaired data (KTO): prompt_field + completion_field + this (true = desirable)
     max_seq_len: int = 128
     overlong: str = "truncate"  # truncate | drop
     # none: one padded row per example | padding_free: a micro-batch's examples in one row, attention kept

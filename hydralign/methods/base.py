@@ -123,6 +123,12 @@ class PostTrainingModule(L.LightningModule):
         """(sum of per-unit losses, number of units, {metric name: sum over units}) for a micro-batch."""
         raise NotImplementedError
 
+    def finalize_metrics(self, means: dict[str, Any]) -> dict[str, Any]:
+        """The step's (or validation's) metrics, each its sum over the units divided by their count, reduced over
+        ranks: a method whose metric has another denominator returns that count as a metric too and divides here
+        (the units cancel: exact over the whole step). Default: as they are."""
+        return means
+
     def _stack(self, loss: torch.Tensor, metric_sums: dict[str, torch.Tensor]) -> torch.Tensor:
         names = list(metric_sums)
         if not self._metric_names:
@@ -150,6 +156,7 @@ class PostTrainingModule(L.LightningModule):
                 if self.plan.world_size > 1:  # one collective for every metric of the step
                     totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
                 values = dict(zip(["train/loss"] + self._metric_names, totals.float()))
+                values = self.finalize_metrics(values)
                 self.log("train/loss", values.pop("train/loss"), on_step=True, on_epoch=False, prog_bar=True)
                 self.log_dict({**values, "train/epoch": float(batch["epoch"]),
                                "train/lr": self.lr_schedulers().get_last_lr()[0],
@@ -199,7 +206,8 @@ class PostTrainingModule(L.LightningModule):
         values = totals.tolist()
         loss_sum, units, n, em, flex, rep = values[0], values[1], *values[-4:]
         metrics = {"val/loss": loss_sum / max(units, 1.0)}
-        metrics.update({f"val/{k}": v / max(units, 1.0) for k, v in zip(self._metric_names, values[2:-4])})
+        means = self.finalize_metrics(dict(zip(self._metric_names, (v / max(units, 1.0) for v in values[2:-4]))))
+        metrics.update({f"val/{k}": v for k, v in means.items()})
         if n:
             metrics.update({"val/exact_match": em / n, "val/exact_match_flex": flex / n,
                             "val/repetition_rate": rep / n})

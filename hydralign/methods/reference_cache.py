@@ -70,10 +70,11 @@ def weights_identity(cfg: Any) -> dict[str, Any]:
 
 
 def examples_digest(examples: list) -> str:
-    """sha256 of every pair's token ids and labels, in order."""
+    """sha256 of every example's sequences' token ids and labels, in order (a pair: chosen, rejected; unpaired
+    feedback: the completion and its KL twin)."""
     h = hashlib.sha256()
     for ex in examples:
-        for seq in (ex.chosen, ex.rejected):
+        for seq in ex.sequences():
             h.update(torch.tensor(seq.input_ids, dtype=torch.int64).numpy().tobytes())
             h.update(torch.tensor(seq.labels, dtype=torch.int64).numpy().tobytes())
             h.update(b"|")
@@ -181,7 +182,8 @@ def default_cache_dir(cfg: Any) -> Path:
 @torch.no_grad()
 def compute_logps(policy: torch.nn.Module, examples: list, pad_id: int, batch_size: int,
                   device: torch.device) -> torch.Tensor:
-    """[N, 2] summed log-probs (chosen, rejected) of the reference = the initial policy (adapters off)."""
+    """[N, 2] summed log-probs of each example's two sequences (chosen, rejected; or completion, KL twin) under the
+    reference = the initial policy (adapters off)."""
     from hydralign.data.batching import collate_items
     from hydralign.methods.dpo import pair_logps
     from hydralign.models.peft import adapters_disabled
@@ -194,6 +196,6 @@ def compute_logps(policy: torch.nn.Module, examples: list, pad_id: int, batch_si
             batch = collate_items(chunk, list(range(i, i + len(chunk))), pad_id)
             batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
             logps, _ = pair_logps(policy, batch)
-            out.append(torch.stack([logps[:len(chunk)], logps[len(chunk):]], dim=1).cpu())
+            out.append(torch.stack(logps.split(len(chunk)), dim=1).cpu())
     policy.train(was_training)
     return torch.cat(out) if out else torch.zeros(0, 2)

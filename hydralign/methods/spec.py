@@ -21,6 +21,7 @@ class MethodSpec:
     module: str  # "package.module:Class" of the LightningModule, imported when training starts
     order: int  # where it is listed (choices in messages)
     sequences_per_example: int = 1  # forward rows per example (2 for a chosen/rejected pair)
+    examples_per_record: int = 1  # train examples one embedded-task record becomes (unpaired: chosen and rejected)
     frozen: Optional[Callable[[Any], tuple[str, ...]]] = None  # cfg -> frozen models, described
     # cfg -> names of the frozen models held in memory while training (a copy, not a cache or a view):
     # what a strategy must shard besides the policy (hydralign.plan.strategy.check_strategy).

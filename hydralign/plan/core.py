@@ -95,7 +95,7 @@ def make_plan(cfg: Any, num_train_examples: Optional[int] = None) -> Plan:
     uses what the config knows (synthetic task size, ``data.num_examples``); ``refine`` adds it later."""
     base = _config_plan(cfg)
     if num_train_examples is None:
-        num_train_examples = config_train_count(cfg, base.packing)
+        num_train_examples = config_train_count(cfg, base.packing, get_method(base.method).examples_per_record)
     return refine(base, cfg, num_train_examples)
 
 

@@ -16,14 +16,14 @@ MAX_SEED = 2**32 - 1  # Lightning's seed_everything accepts [0, 2^32)
 GENERATED = ("val/exact_match", "val/exact_match_flex", "val/repetition_rate")
 
 
-def config_train_count(cfg: Any, packing: str) -> Optional[int]:
+def config_train_count(cfg: Any, packing: str, per_record: int = 1) -> Optional[int]:
     """The train split's size as far as the config knows it (the synthetic task, ``data.num_examples``); packed
     rows are counted once the data is tokenized and packed."""
     if packing == "packed":
         return None
     if setting(cfg, "data.source") == "arithmetic":
         check_balanced_fraction(float(setting(cfg, "data.arithmetic.balanced_fraction")))
-        return int(setting(cfg, "data.arithmetic.num_train"))
+        return int(setting(cfg, "data.arithmetic.num_train")) * per_record
     if setting(cfg, "data.num_examples") is not None:
         n = int(setting(cfg, "data.num_examples"))
         return n - int(round(n * float(setting(cfg, "data.val_fraction") or 0.0)))
