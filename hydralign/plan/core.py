@@ -81,7 +81,8 @@ def _check_loss_chunk(cfg: Any, spec: MethodSpec, strategy: str) -> None:
         raise ConfigError(f"model.loss_chunk_size={chunk} must be >= 1 (loss positions per chunk, e.g. 4096), or null "
                           "for the model's own head")
     if not spec.chunked_loss:
-        usable = " and ".join(f"method={n}" for n in with_flag("chunked_loss"))
+        names = [f"method={n}" for n in with_flag("chunked_loss")]
+        usable = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
         raise ConfigError(f"model.loss_chunk_size={chunk} applies to {usable}; method={spec.name} "
                           "computes its own loss: set model.loss_chunk_size=null")
     if strategy == "deepspeed" and setting(cfg, "hardware.zero_stage") == 3:
