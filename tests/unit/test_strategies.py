@@ -35,6 +35,12 @@ DS = ["hardware=8xA100", "hardware.strategy=deepspeed"]
          r"partitions the policy but not the reference this method keeps .* method.precompute_ref=true"),
         (["method=distill", "method.teacher_from=/runs/teacher:best"] + DS + ["hardware.zero_stage=3"],
          r"partitions the policy but not the teacher this method keeps .*: set method.loss=seqkd"),
+        # GRPO's reference (beta > 0): its own fixes, never method.precompute_ref, a key GRPO does not have
+        (["method=grpo", "method.beta=0.04"] + DS + ["hardware.zero_stage=3"],
+         r"not the reference this method keeps .*: set peft=lora \(the reference is the policy with adapters off\), "
+         r"or method.beta=0 \(no reference\), or hardware.strategy=fsdp"),
+        (["method=kto"] + DS + ["hardware.zero_stage=3"],
+         r"not the reference this method keeps .*: set method.precompute_ref=true"),
     ],
 )
 def test_refusals_name_the_fix(overrides, pattern):
