@@ -1,4 +1,5 @@
-"""files: split from hydralign.checkpoints.resume (docstring to write)."""
+"""Checkpoint file names in a run's ``checkpoints/`` folder (a leaf: the references, resume and saving code read them):
+``step<N>.ckpt``, ``last.ckpt``, a sharded checkpoint's ``meta.pt``; the newest complete one."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""fsdp: split from hydralign.distributed.strategies (docstring to write)."""
+"""FSDP2 (``torch.distributed.fsdp.fully_shard``): mixed precision, the decoder layers it shards one by one, a
+meta-device skeleton off rank 0 filled from rank 0's weights, and the whole weights gathered for export."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""batch: split from hydralign.plan.core (docstring to write)."""
+"""The batch part of the plan (pure): effective batch = world size x micro batch x accumulation, derived and checked,
+every refusal naming both numbers and the overrides that fix it."""
 
 from __future__ import annotations
 

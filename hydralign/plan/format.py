@@ -1,4 +1,5 @@
-"""format: split from hydralign.plan.core (docstring to write)."""
+"""The plan as ``dry_run=true`` prints it (and every run logs): one row per derived size, then the rollout and
+memory rows."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""packing: split from hydralign.plan.core (docstring to write)."""
+"""The packing part of the plan (pure): ``data.packing`` (none, padding_free, packed) checked against the method's
+flag, and packed rows sized to hold its longest example."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""rollout: split from hydralign.plan.core (docstring to write)."""
+"""Online RL's part of the plan (pure): the rollout batch hierarchy (prompts x generations -> mini-batches -> micro-
+batches with accumulation), its length in optimizer steps, generator devices (refused: the learners generate), and
+the rows ``dry_run`` prints for it."""
 
 from __future__ import annotations
 

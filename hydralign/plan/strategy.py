@@ -1,4 +1,5 @@
-"""strategy: split from hydralign.distributed.strategies (docstring to write)."""
+"""What a strategy can run (pure): DeepSpeed ZeRO stages and offload, FSDP2 options and precision, and frozen models
+ZeRO-3 would hold whole on every GPU (refused with the method's own fix first)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""cells: split from hydralign.sweep.grid_check (docstring to write)."""
+"""A grid sweep's cells (a leaf): the overrides of a multirun parsed, the keys fixed for every job, each cell's
+overrides and the name a run is given from them."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""MLflow tracking, rank 0 only. The tracking URI is always passed explicitly (never read at import)."""
+"""A run's MLflow writes, rank 0 only: ``RunRecorder`` (every write of one run: params, lineage tags, the data's
+counts, artifacts, its end), Lightning's ``MLFlowLogger`` for the per-step metrics, the run's name and tags. The
+tracking URI is always passed explicitly (never read at import)."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from omegaconf import OmegaConf
 from hydralign.plan.core import Plan
 from hydralign.tracking.store import (
     SWEEP_FILE_ENV,
-    _short,
     artifact_location,
     config_hash,
     ensure_experiment,
@@ -21,6 +22,7 @@ from hydralign.tracking.store import (
     git_commit,
     hydra_job,
     retry_locked,
+    short_override,
     tracking_uri,
 )
 
@@ -74,7 +76,7 @@ def run_identity(cfg: Any, plan: Plan, run_dir: Path) -> tuple[str, dict[str, st
     trial = job_trial()
     if trial is not None and trial.number is not None:
         tags["trial_number"] = str(trial.number)
-        name = f"trial {trial.number}: " + " ".join(_short(o) for o in cell.split(" "))
+        name = f"trial {trial.number}: " + " ".join(short_override(o) for o in cell.split(" "))
     else:
         name = cell + (f" #{num}" if cell in info.get("repeated_cells", []) else "")
     return cfg.logger.run_name or name, tags

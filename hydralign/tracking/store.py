@@ -1,4 +1,6 @@
-"""store: split from hydralign.tracking.recorder (docstring to write)."""
+"""The MLflow store and run identity (a leaf): the tracking URI (explicit, never read at import), the experiment and
+its artifact location, retries on a locked SQLite store, the config's flat params and hash, the git commit, the
+Hydra job of this process."""
 
 from __future__ import annotations
 
@@ -106,7 +108,7 @@ def hydra_job() -> Optional[tuple[int, list[str]]]:
     return None if num is None else (int(num), list(hc.overrides.task))
 
 
-def _short(override: str) -> str:
+def short_override(override: str) -> str:
     """``lr=0.0012345678`` -> ``lr=0.001235``: sampled floats, shortened for a run name."""
     key, _, value = override.partition("=")
     try:
