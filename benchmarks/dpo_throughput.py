@@ -1,6 +1,6 @@
 """DPO training-step throughput and memory: hydralign as users run it vs a bare PyTorch DPO loop.
 
-hydralign's side is ``hydralign.run.job.run(cfg, callbacks=[StepTimer()])``: the Trainer as ``train.py``
+hydralign's side is ``hydralign.run.job.run(cfg, callbacks=[StepTimer()])``: the Trainer as ``hydralign.run.build``
 builds it (``build_trainer``: its checkpoint callbacks, StartupTimer, TokensSeen, the MLflow logger on a
 private SQLite store, the progress bar), the data module, ``DPOModule`` with its frozen reference copy.
 The bare loop gets the same model init, the same pairs and micro-batches (the same window schedule over

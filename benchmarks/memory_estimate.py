@@ -1,6 +1,6 @@
 """The plan's memory estimate (hydralign/plan/memory.py) against the measured peak of a training run on CPU.
 
-Each case runs ``hydralign.run.job.run`` (the Trainer as train.py builds it: callbacks, checkpointing off, no
+Each case runs ``hydralign.run.job.run`` (the Trainer as hydralign.run.build builds it: callbacks, checkpointing off, no
 logger) for a few optimizer steps of full-length SFT rows (every row 256 tokens: the estimate's worst case) inside
 ``torch.profiler`` with ``profile_memory=True``. The measured peak is the maximum of the running sum of every CPU
 tensor allocation and free the profiler records (its ``[memory]`` events, in time order) from before the model is

@@ -1,5 +1,5 @@
 """Trained tokens per second on length-skewed SFT data: padded vs padding-free vs packed micro-batches,
-through the path users run (``hydralign.run.job.run``: the Trainer ``train.py`` builds, its callbacks,
+through the path users run (``hydralign.run.job.run``: the Trainer ``hydralign.run.build`` builds, its callbacks,
 checkpointing off), on the ~25M Llama (``model=llama25m``, a 32k word-level tokenizer, sequences up to
 1024). TRL's SFTTrainer with its own ``padding_free`` option runs on the same files and model
 (``benchmarks/trl_padding_free.py``, in a separate environment with TRL installed).

@@ -1,2 +1,3 @@
-"""Post-training methods: one LightningModule base, one small subclass per method, listed once in
-``hydralign.methods.specs.METHODS``."""
+"""Post-training methods. Each is found by its file names: ``specs/<name>.py`` (its config and spec: flags the rest of
+hydralign reads, found by listing ``specs/``), ``<name>.py`` (its LightningModule on the shared ``base``), its loss in
+``hydralign/losses/<name>.py`` and ``conf/method/<name>.yaml``."""

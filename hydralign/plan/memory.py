@@ -123,7 +123,7 @@ class MemoryInputs:
     eager_attention: bool
     loss_chunk: Optional[int]
     chunked_loss: bool  # the method supports model.loss_chunk_size (its spec's flag)
-    held: tuple[str, ...]  # frozen models held in memory (registry held_models)
+    held: tuple[str, ...]  # frozen models held in memory (the method spec's held_models)
     device_gib: Optional[float]
 
 

@@ -68,7 +68,7 @@ def test_tokenizer_differences():
 
 
 def test_a_saved_copy_of_the_student_tokenizer_matches_and_another_eos_does_not(tmp_path):
-    """The tokenizer frozen_models rebuilds is the one train.py builds; saved and reloaded it is identical."""
+    """The tokenizer frozen_models rebuilds is the one hydralign.run.build builds; saved and reloaded it is identical."""
     from hydralign.methods.distill import check_shared_tokenizer, student_tokenizer
 
     cfg = compose_cfg(["method=distill", TEACHER])
