@@ -67,7 +67,7 @@ def task(cfg: DictConfig) -> Optional[float]:
 
             metrics = launch(cfg, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
         else:
-            metrics = run(cfg, started=started)
+            metrics = run(cfg, started=started, plan=plan)
     except (ConfigError, DataError) as err:
         print(f"hydralign: {err}", file=sys.stderr, flush=True)
         if _in_multirun():

@@ -19,7 +19,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from hydralign.plan.core import make_plan
+from hydralign.plan.core import Plan, make_plan
 from hydralign.run.build import build
 from hydralign.run.fit import fit
 from hydralign.run.record import record_end, record_start
@@ -34,13 +34,15 @@ def objective(metrics: dict[str, float], name: str) -> float:
     return metrics[name]
 
 
-def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[float] = None) -> dict[str, float]:
+def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[float] = None,
+        plan: Optional[Plan] = None) -> dict[str, float]:
     """Train per the config; return the final metrics (``val/*`` of the last validation, ``best/*``).
     ``callbacks`` are added to the Trainer's (tests, benchmarks); ``started`` is when the job began
-    (default: now), the origin of ``time/startup_seconds`` (job start to first training step)."""
+    (default: now), the origin of ``time/startup_seconds`` (job start to first training step); ``plan``: the
+    config's plan where the caller has made it already (the CLI checks it before importing anything heavy)."""
     started = started or time.time()
     refs = resolve_references(cfg)
-    plan = make_plan(cfg)
+    plan = plan if plan is not None else make_plan(cfg)
     check_resume(refs, cfg, plan)
     recorder = RunRecorder.open(cfg, plan, refs.run_dir, refs.run_id, refs.lineage, rank_zero())
     state, error = "FAIL", None
