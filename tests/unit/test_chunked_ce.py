@@ -140,7 +140,7 @@ def test_sft_with_chunked_loss_gives_the_same_loss_curve(tmp_path):
     (["model.loss_chunk_size=0"], "model.loss_chunk_size=0 must be >= 1"),
     (["hardware=8xA100", "hardware.strategy=deepspeed", "hardware.zero_stage=3"],
      "DeepSpeed ZeRO-3 gathers only when the module itself runs: set model.loss_chunk_size=null"),
-    (["method=distill", "method.teacher_from=/tmp/teacher"], "applies to method=sft and method=dpo"),
+    (["method=distill", "method.teacher_from=/tmp/teacher"], "applies to method=sft, method=dpo and method=orpo"),
 ])
 def test_plan_refuses_what_the_chunked_head_cannot_run(overrides, message):
     from hydralign.errors import ConfigError

@@ -17,7 +17,7 @@ from tests.helpers import compose_cfg
      r"cannot hold an example of up to 64 tokens .*data.max_tokens_per_micro>=64"),
     (["method=dpo", "data.packing=packed", "data.max_tokens_per_micro=100"],
      r"cannot hold a chosen \+ rejected pair of up to 128 tokens"),
-    (["method=grpo", "data.packing=padding_free"], r"applies to method=sft, dpo, not method=grpo; set data.packing=none"),
+    (["method=grpo", "data.packing=padding_free"], r"applies to method=sft, dpo, orpo, not method=grpo; set data.packing=none"),
 ])
 def test_packing_refusals(overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
