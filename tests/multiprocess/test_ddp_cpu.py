@@ -65,3 +65,22 @@ def test_pruning_under_ddp_stops_every_rank_together(tmp_path):
 
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 5  # both ranks stopped there
+
+
+def test_kto_two_processes_match_one_process(tmp_path):
+    """KTO's KL estimate is summed over both ranks' shares of each step before any loss of it: 2 ranks x micro 2 x
+    accumulation 2 train exactly as 1 x 2 x 4 (the estimate, and so every loss, sees the same 8 completions' twins)."""
+    def kto(name: str, hardware: str) -> dict:
+        out = subprocess.run([sys.executable, "-m", "hydralign", "method=kto", f"hardware={hardware}", *COMMON,
+                              "lr=3e-3", "schedule=constant", "data.arithmetic.max_digits=2", "data.arithmetic.num_train=256",
+                              "trainer.max_steps=5", "eval.every_n_steps=5",  # (later overrides win)
+                              f"hydra.run.dir={tmp_path / name}"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads((tmp_path / name / "metrics.json").read_text())
+
+    two, one = kto("two", "cpu_2proc"), kto("one", "cpu")
+    assert two["train/steps"] == one["train/steps"] == 5
+    assert two["kl"] > 0.5  # step 5's estimate is well off its clamp at 0 (2.76 here)
+    for key in ("train/loss", "kl", "rewards/chosen", "rewards/rejected"):
+        assert two[key] == pytest.approx(one[key], abs=1e-5), key
