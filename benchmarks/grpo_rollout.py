@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hydralign.data.arithmetic import make_splits  # noqa: E402
-from hydralign.data.templates import template_for  # noqa: E402
+from hydralign.data.chat import template_for  # noqa: E402
 from hydralign.data.tokenize import generation_examples  # noqa: E402
 from hydralign.models import build_tokenizer  # noqa: E402
 from hydralign.models.policy import build_model  # noqa: E402

@@ -59,4 +59,9 @@ def schema_default(dotted: str, method_schema: Optional[type] = None) -> Any:
 
 def setting(cfg: Any, dotted: str, method_schema: Optional[type] = None) -> Any:
     value = lookup(cfg, dotted)
-    return schema_default(dotted, method_schema) if value is _ABSENT else value
+    if value is not _ABSENT:
+        return value
+    default = schema_default(dotted, method_schema)
+    if isinstance(default, str) and default.startswith("${") and default.endswith("}"):  # optimizer.lr: ${lr}
+        return setting(cfg, default[2:-1], method_schema)
+    return default

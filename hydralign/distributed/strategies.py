@@ -50,7 +50,7 @@ def deepspeed_config(plan: Any, cfg: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": plan.micro_batch,
         "train_batch_size": plan.effective_batch,
-        "gradient_clipping": float((setting(cfg, "optimizer.grad_clip") or 0.0) or 0.0),
+        "gradient_clipping": float(setting(cfg, "optimizer.grad_clip") or 0.0),
         "zero_optimization": zero,
         # The optimizer is hydralign's (optimizer.name, built in configure_optimizers), not DeepSpeed's.
         "zero_allow_untested_optimizer": True,

@@ -45,12 +45,12 @@ class PostTrainingModule(L.LightningModule):
     @classmethod
     def check_before_models(cls, cfg: Any, tokenizer: Any) -> None:
         """Checks that need the tokenizer but no model (distillation: the teacher's tokenizer is the
-        student's). ``hydralign.run.job`` runs them before any data or model loads. None by default."""
+        student's). ``hydralign.run.build`` runs them before any data or model loads. None by default."""
 
     @classmethod
     def check_data(cls, cfg: Any, data: Any) -> None:
         """Checks that need the loaded data but no model (GRPO: every routed source occurs in it).
-        ``hydralign.run.job`` runs them right after the data loads. None by default."""
+        ``hydralign.run.build`` runs them right after the data loads. None by default."""
 
     @classmethod
     def frozen_models(cls, cfg: Any, policy: torch.nn.Module) -> dict[str, Any]:

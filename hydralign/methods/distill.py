@@ -54,7 +54,7 @@ def teacher_dir_of(cfg: Any) -> Path:
 
 
 def student_tokenizer(cfg: Any):
-    """The student's tokenizer exactly as ``hydralign.run.job`` builds it (template markers included)."""
+    """The student's tokenizer exactly as ``hydralign.run.build`` builds it (template markers included)."""
     from hydralign.models import tokenizer_and_template
 
     return tokenizer_and_template(cfg.model)[0]

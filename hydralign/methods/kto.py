@@ -66,10 +66,13 @@ class KTOModule(PostTrainingModule):
 
     @torch.no_grad()
     def _kl_estimate(self, twins: dict, index: torch.Tensor, split: str, over_ranks: bool) -> torch.Tensor:
-        """max(0, mean over the twins of (policy - reference) summed log-probs), detached; ``over_ranks``: the sum
-        and count all-reduced first (every rank holds an equal share, so every rank runs the same forwards)."""
+        """max(0, mean over the twins of (policy - reference) summed log-probs), detached. ``over_ranks`` (training):
+        micro-batch-sized forwards over the rank's share of the step (every rank holds an equal share, so every rank
+        runs the same forwards, as sharded weights need), the sum and count all-reduced first; otherwise (validation:
+        ranks may hold batches of different sizes) one forward for the batch's twins."""
         total = torch.zeros((), dtype=torch.float64, device=self.device)
-        size, step = twins["input_ids"].shape[0], self.plan.micro_batch
+        size = twins["input_ids"].shape[0]
+        step = self.plan.micro_batch if over_ranks else max(size, 1)
         for start in range(0, size, step):
             part = slice(start, start + step)
             rows = _rows(twins, part)

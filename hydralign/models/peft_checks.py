@@ -78,7 +78,7 @@ def _check_qlora(cfg: Any, load_in_4bit: bool) -> None:
     compute = setting(cfg, "peft.compute_dtype")
     if compute not in COMPUTE_DTYPES:
         raise ConfigError(f"peft.compute_dtype={compute} is unknown; choose one of: {', '.join(COMPUTE_DTYPES)}")
-    gpu = str((setting(cfg, "hardware.gpu") or '') or "")
+    gpu = str(setting(cfg, "hardware.gpu") or "")
     if gpu.startswith("V100") and compute == "bfloat16":
         raise ConfigError(f"hardware.gpu={gpu} has no bf16; set peft.compute_dtype=float16")
     strategy = setting(cfg, "hardware.strategy")

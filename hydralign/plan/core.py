@@ -35,8 +35,8 @@ from hydralign.plan.strategy import check_strategy
 @dataclass(frozen=True)
 class Plan:
     method: str
-    data_kind: str  # sft | preference | prompts
-    loss_unit: str  # a step's loss is its sum over these, divided once by their count: tokens | pairs
+    data_kind: str  # sft | preference | prompts | unpaired (hydralign.data.kinds)
+    loss_unit: str  # a step's loss is its sum over these, divided once by their count: tokens | pairs | sequences | completions
     frozen_models: tuple[str, ...]  # the method's frozen models (DPO's reference), described
     model: str
     accelerator: str
@@ -69,8 +69,6 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
 
 
 def _check_loss_chunk(cfg: Any, spec: MethodSpec, strategy: str) -> None:

@@ -22,6 +22,7 @@ from hydralign.run.reference_logps import precomputed_reference
 from hydralign.run.references import References, rank_zero
 from hydralign.run.trainer import build_trainer
 from hydralign.sweep.pruning import pruning_callback
+from hydralign.tracking.recorder import RunRecorder
 
 
 @dataclass
@@ -39,8 +40,8 @@ class Built:
     reference_report: Optional[dict]  # precomputed reference log-probs: where from, how long
 
 
-def build(cfg: DictConfig, config_plan: Plan, refs: References, logger: Any, callbacks: list, started: float
-          ) -> Built:
+def build(cfg: DictConfig, config_plan: Plan, refs: References, recorder: RunRecorder, callbacks: list,
+          started: float) -> Built:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     spec = get_method(cfg.method.name)
     tokenizer, template = tokenizer_and_template(cfg.model)
@@ -56,8 +57,8 @@ def build(cfg: DictConfig, config_plan: Plan, refs: References, logger: Any, cal
                                        plan.steps_per_epoch, plan.checkpoint_every_n_steps)
     pruning = pruning_callback(cfg.optimized_metric)  # a job of an Optuna sweep: report, maybe stop early
     extra = [pruning] if pruning is not None else []
-    trainer = build_trainer(cfg, plan, refs.run_dir, logger, ckpts + list(callbacks) + extra +
-                            [StartupTimer(started), TokensSeen(), StepSeeds(cfg.seed)])
+    trainer = build_trainer(cfg, plan, refs.run_dir, recorder.logger, ckpts + list(callbacks) + extra +
+                            [StartupTimer(started, recorder.log_metric), TokensSeen(), StepSeeds(cfg.seed)])
     model = _policy(cfg, plan, tokenizer)
     stop_ids = tokenizer.convert_tokens_to_ids(template.stop_tokens(tokenizer.eos_token))
     frozen = module_cls.frozen_models(cfg, model)

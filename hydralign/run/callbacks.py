@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from lightning.pytorch.callbacks import Callback
 
 
 class StartupTimer(Callback):
     """Records ``time/startup_seconds``: from the job's start (Hydra handing it the config) to its
-    first training step. Written once, directly, at step 0."""
+    first training step, once, at step 0, through ``record`` (the run's ``RunRecorder.log_metric``)."""
 
-    def __init__(self, started: float):
-        self.started, self.seconds = started, None
+    def __init__(self, started: float, record: Callable[[str, float], None]):
+        self.started, self.record, self.seconds = started, record, None
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
         if self.seconds is not None:
             return
         self.seconds = time.time() - self.started
-        logger = trainer.logger
-        if trainer.is_global_zero and logger is not None and hasattr(logger, "run_id"):
-            from hydralign.tracking.store import retry_locked
-
-            retry_locked(logger.experiment.log_metric, logger.run_id, "time/startup_seconds", self.seconds, step=0)
+        if trainer.is_global_zero:
+            self.record("time/startup_seconds", self.seconds)
 
 
 class TokensSeen(Callback):

@@ -47,7 +47,7 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     recorder = RunRecorder.open(cfg, plan, refs.run_dir, refs.run_id, refs.lineage, rank_zero())
     state, error = "FAIL", None
     try:
-        built = build(cfg, plan, refs, recorder.logger, list(callbacks or []), started)
+        built = build(cfg, plan, refs, recorder, list(callbacks or []), started)
         record_start(built, cfg, refs.run_dir, recorder)
         metrics, pruned_at = fit(built, refs.ckpt_path, cfg.eval.at_start, cfg.checkpoint.save_last,
                                  cfg.checkpoint.monitor)

@@ -171,11 +171,15 @@ class RunRecorder:
         for path in artifacts:
             retry_locked(self.logger.experiment.log_artifact, self.logger.run_id, str(path))
 
+    def log_metric(self, name: str, value: float, step: int = 0) -> None:
+        if self.writes:
+            retry_locked(self.logger.experiment.log_metric, self.logger.run_id, name, value, step=step)
+
     def log_end(self, run_seconds: float, best_checkpoint: Optional[str]) -> None:
         if not self.writes:
             return
         client, run_id = self.logger.experiment, self.logger.run_id
-        retry_locked(client.log_metric, run_id, "time/run_seconds", run_seconds)
+        self.log_metric("time/run_seconds", run_seconds)
         if best_checkpoint:
             retry_locked(client.set_tag, run_id, "best_checkpoint", best_checkpoint)
 

@@ -21,8 +21,16 @@ from hydralign.data.unpaired import UnpairedFields, encode_unpaired, to_unpaired
 
 
 class StepTwins(TrainMicroBatches):
-    """Training micro-batches; the first of each optimizer step adds ``kl_window`` (the collated twins of every
-    example this rank trains on in that step) and ``kl_window_index`` (their positions in the split)."""
+    """Training micro-batches of the completions alone (their twins are not trained on); the first of each optimizer
+    step adds ``kl_window`` (the collated twins of every example this rank trains on in that step) and
+    ``kl_window_index`` (their positions in the split)."""
+
+    def _collate(self, members: list[int]) -> dict:
+        batch = collate([self.examples[i].seq for i in members], self.pad_id)
+        batch["index"] = torch.tensor(members, dtype=torch.long)
+        batch["real"] = torch.ones(len(members), dtype=torch.bool)
+        batch["desirable"] = torch.tensor([self.examples[i].desirable for i in members])
+        return batch
 
     def __getitem__(self, index: int) -> dict:
         batch = super().__getitem__(index)
@@ -56,6 +64,7 @@ class UnpairedKind(DataKind):
     def encode(self, tokenizer: Any, template: ChatTemplate, items: list, cfg: Any, skipped: dict[str, int]
                ) -> tuple[list, TokenizeStats]:
         flat = [item for group in items for item in group]
+        # total: the examples read plus the records skipped (a skipped pair counts once, as in the preference kind)
         stats = TokenizeStats(total=len(flat) + sum(skipped.values()), dropped_empty=skipped.get("empty", 0),
                               dropped_identical=skipped.get("identical", 0))
         d = cfg.data
