@@ -191,7 +191,7 @@ def test_the_job_joins_its_slurm_step_and_sets_the_nccl_environment_before_train
 
     seen = {}
 
-    def fake_run(cfg, started=None):
+    def fake_run(cfg, started=None, plan=None):
         seen.update({k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
                                                     "TORCH_NCCL_ASYNC_ERROR_HANDLING", "TORCH_NCCL_BLOCKING_WAIT",
                                                     "TORCH_NCCL_DUMP_ON_TIMEOUT", "NCCL_DEBUG")})
