@@ -6,6 +6,7 @@ Imported only when a sweep starts (Hydra imports every plugin module at start-up
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from hydra_plugins.hydralign_optuna_sweeper._outcome import TrialsFailed, failure_report, outcome
 from hydra_plugins.hydralign_optuna_sweeper._samplers import build_sampler, sampler_spec
 from hydra_plugins.hydralign_optuna_sweeper._space import SearchSpace, override_value
+from hydralign.secrets import STORAGE_ENV, has_password, redact
 from hydralign.sweep.study import DEFAULT_STORAGE_DIR, STUDY_FILE, make_pruner, make_storage, write_study_file
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ class OptunaSweeperImpl(Sweeper):
                                     directions=self.directions, load_if_exists=True)
         found = [d.name.lower() for d in study.directions]
         if found != self.directions:
-            raise ValueError(f"study {name} in {storage_url} optimizes {found}, not hydra.sweeper.direction="
+            raise ValueError(f"study {name} in {redact(storage_url)} optimizes {found}, not hydra.sweeper.direction="
                              f"{self.directions}: give another hydra.sweeper.study_name for a new study")
         stale = study.get_trials(deepcopy=False, states=(State.RUNNING, State.WAITING))
         for t in stale:  # left by an interrupted sweep (nothing else runs trials of this study here)
@@ -111,6 +113,8 @@ class OptunaSweeperImpl(Sweeper):
         sampler = build_sampler(self.sampler_target, self.sampler_kwargs, grid)
         study, name, storage_url = self._study(space, sampler)
         self.storage_url = storage_url
+        if has_password(storage_url):  # the jobs' way to the study: files hold it masked (hydralign.secrets)
+            os.environ[STORAGE_ENV] = storage_url
         total = self.n_trials
         if isinstance(sampler, optuna.samplers.GridSampler):
             size = 1
@@ -195,7 +199,7 @@ class OptunaSweeperImpl(Sweeper):
             log.warning("no trial completed: optimization_results.yaml has no best parameters")
         if len(self.directions) == 1 and complete:
             results["best_trial"] = study.best_trial.number
-        results.update(study_name=name, storage=storage_url, direction=self.directions[0] if len(
+        results.update(study_name=name, storage=redact(storage_url), direction=self.directions[0] if len(
             self.directions) == 1 else list(self.directions), n_trials=len(trials), states=states)
         out = self.sweep_dir / "optimization_results.yaml"
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 from hydralign.distributed.slurm import step_tasks
 from hydralign.errors import ConfigError, DataError
+from hydralign.secrets import TRACKING_ENV, has_password, redact
 
 PRUNED_EXIT, CONFIG_EXIT = 3, 2
 
@@ -147,17 +148,21 @@ def launch(cfg: Any, run_dir: Path) -> dict[str, float]:
                           "hydralign starts the processes of one node only")
     run_dir = run_dir.resolve()
     resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    extra: dict[str, str] = {}
     with open_dict(resolved):
         resolved.run_dir = str(run_dir)
+        uri = resolved.logger.tracking_uri
+        if uri and has_password(str(uri)):  # the ranks read it from their environment, never from this file
+            extra[TRACKING_ENV] = str(uri)
+            resolved.logger.tracking_uri = "${oc.env:" + TRACKING_ENV + "}"
     launch_dir = run_dir / "launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
     for stale in launch_dir.glob("rank*.error"):
         stale.unlink()
     config_file = launch_dir / "config.yaml"
     tmp = config_file.with_suffix(".tmp")
-    tmp.write_text(OmegaConf.to_yaml(resolved))
+    tmp.write_text(redact(OmegaConf.to_yaml(resolved)))
     tmp.replace(config_file)
-    extra: dict[str, str] = {}
     trial = job_trial()
     if trial is not None:
         extra.update({STUDY_ENV: trial.study_file, TRIAL_ID_ENV: str(trial.trial_id)})

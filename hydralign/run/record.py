@@ -17,6 +17,7 @@ from hydralign.models.peft import trainable_summary
 from hydralign.plan.format import format_plan
 from hydralign.run.build import Built
 from hydralign.run.export import export_model
+from hydralign.secrets import redact
 from hydralign.tracking.recorder import RunRecorder
 
 
@@ -31,7 +32,7 @@ def record_start(built: Built, cfg: DictConfig, run_dir: Path, recorder: RunReco
     if report is not None:
         print(f"reference log-probs: {'read from' if report['hit'] else 'computed into'} {report['path']} in "
               f"{report['seconds']:.1f} s", flush=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    (run_dir / "config.yaml").write_text(redact(OmegaConf.to_yaml(cfg, resolve=True)))  # a URL's password: ***
     write_json(run_dir / "plan.json", plan.as_dict())
     artifacts: tuple[Path, ...] = ()
     if plan.strategy == "deepspeed":  # the config DeepSpeed runs with, as generated from the plan

@@ -19,6 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from hydralign.secrets import redact
 from hydralign.tracking.recorder import PARENT_ENV, SWEEP_ID_ENV
 from hydralign.tracking.store import SWEEP_FILE_ENV
 
@@ -60,8 +61,8 @@ class SweepTracking(Callback):
         swept = list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
         parent = retry_locked(client.create_run, exp_id, run_name=f"sweep {sweep_id}", tags={
             "sweep_id": sweep_id, "sweeper": sweeper.rsplit(".", 1)[-1], "sweep_dir": str(sweep_dir),
-            "search_space": json.dumps({**space, "command_line_overrides": swept}),
-            "command_line": " ".join(["python -m hydralign"] + sys.argv[1:]), "is_sweep_parent": "true"})
+            "search_space": redact(json.dumps({**space, "command_line_overrides": swept})),
+            "command_line": redact(" ".join(["python -m hydralign"] + sys.argv[1:])), "is_sweep_parent": "true"})
         os.environ[PARENT_ENV], os.environ[SWEEP_ID_ENV] = parent.info.run_id, sweep_id
         os.environ[SWEEP_FILE_ENV] = str(sweep_dir / SWEEP_FILE)
         # Hydra skips on_multirun_end when the sweep raises (a failed job, too many failed trials):
@@ -72,7 +73,7 @@ class SweepTracking(Callback):
         from hydralign.sweep.grid_check import repeated_names
 
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(  # fixed keys, repeated cells: for the jobs' run names
-            {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent.info.run_id,
+            {"tracking_uri": redact(uri), "experiment_id": exp_id, "parent_run_id": parent.info.run_id,
              "sweep_id": sweep_id, "fixed_keys": fixed_keys(config), "repeated_cells": repeated_names(config)},
             indent=2))
 

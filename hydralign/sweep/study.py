@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from hydralign.secrets import MASK, STORAGE_ENV, redact, redact_tree
+
 PRUNERS = ("none", "median", "successive_halving", "hyperband", "threshold")
 STUDY_ENV, TRIAL_ID_ENV, TRIAL_NUMBER_ENV = (
     "HYDRALIGN_OPTUNA_STUDY", "HYDRALIGN_OPTUNA_TRIAL_ID", "HYDRALIGN_OPTUNA_TRIAL_NUMBER")
@@ -58,9 +60,11 @@ def make_pruner(name: str, kwargs: Optional[dict] = None):
 
 
 def write_study_file(path: Path, spec: dict[str, Any]) -> None:
+    """The study's announcement to its jobs, a password in the storage URL written as ``***`` (the jobs take the
+    real URL from ``HYDRALIGN_OPTUNA_STORAGE``, which the sweeper sets)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(spec, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(redact_tree(spec), indent=2, sort_keys=True))
     tmp.replace(path)  # jobs of a parallel batch read it while the next sweep may rewrite it
 
 
@@ -84,9 +88,23 @@ class TrialRef:
         import optuna
 
         spec = self.spec()
-        study = optuna.load_study(study_name=spec["study_name"], storage=make_storage(spec["storage"]),
+        study = optuna.load_study(study_name=spec["study_name"], storage=make_storage(storage_of(spec)),
                                   pruner=make_pruner(spec["pruner"], spec.get("pruner_kwargs")))
         return optuna.trial.Trial(study, self.trial_id)
+
+
+def storage_of(spec: dict[str, Any], environ: Optional[dict] = None) -> str:
+    """The study's storage URL: the study file's, or, where that one's password is masked, the sweeper's
+    ``HYDRALIGN_OPTUNA_STORAGE`` (the same URL with its password)."""
+    stored = str(spec["storage"])
+    if MASK not in stored:
+        return stored
+    real = (os.environ if environ is None else environ).get(STORAGE_ENV)
+    if not real or redact(real) != stored:
+        raise RuntimeError(f"the study storage {stored} carries a password, which files never hold: this job needs "
+                           f"{STORAGE_ENV} set to the full URL (the sweeper sets it for the jobs it launches; a job "
+                           "started another way must be given it)")
+    return real
 
 
 def job_trial(environ: Optional[dict] = None) -> Optional[TrialRef]:

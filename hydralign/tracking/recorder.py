@@ -13,6 +13,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from hydralign.plan.core import Plan
+from hydralign.secrets import redact_tree
 from hydralign.tracking.store import (
     SWEEP_FILE_ENV,
     artifact_location,
@@ -32,7 +33,7 @@ PARENT_ENV, SWEEP_ID_ENV = "HYDRALIGN_PARENT_RUN_ID", "HYDRALIGN_SWEEP_ID"
 
 def config_params(cfg: Any, plan: Plan) -> dict[str, str]:
     """Known before any data is read: the flattened resolved config, the batch sizes and the memory estimate."""
-    params = flatten(OmegaConf.to_container(cfg, resolve=True))
+    params = redact_tree(flatten(OmegaConf.to_container(cfg, resolve=True)))  # a URL's password: ***
     params.update({"effective_batch": str(plan.effective_batch), "grad_accum": str(plan.grad_accum),
                    "world_size": str(plan.world_size), "micro_batch": str(plan.micro_batch)})
     if plan.memory is not None:  # the plan's per-device estimate (hydralign.plan.memory)
