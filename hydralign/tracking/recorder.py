@@ -105,9 +105,11 @@ def finish(logger, state: str, error: Optional[str] = None) -> None:
     retry_locked(client.set_terminated, run_id, status)
 
 
-def make_logger(cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str] = None):
-    """Lightning's MLFlowLogger on the explicit URI, or None for logger=none."""
-    if cfg.logger.name == "none":
+def make_logger(cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str] = None, rank_zero: bool = True):
+    """Lightning's MLFlowLogger on the explicit URI, on rank 0; None for logger=none and on every other rank (an
+    MLflow client opens its store as it is made: a 32-rank job makes the round trips of one; Lightning logs from
+    rank 0 alone anyway)."""
+    if cfg.logger.name == "none" or not rank_zero:
         return None
     from lightning.pytorch.loggers import MLFlowLogger
 
@@ -156,7 +158,7 @@ class RunRecorder:
              rank_zero: bool) -> RunRecorder:
         """The run exists from here (a job that then fails while loading data is a FAILED run): its params, known
         from the config, and which checkpoints seeded it. ``run_id``: the run a resumed job continues."""
-        recorder = cls(make_logger(cfg, plan, run_dir, run_id=run_id), rank_zero)
+        recorder = cls(make_logger(cfg, plan, run_dir, run_id=run_id, rank_zero=rank_zero), rank_zero)
         if recorder.writes:
             (run_dir / "mlflow_run_id").write_text(recorder.logger.run_id)
             log_params(recorder.logger, config_params(cfg, plan))

@@ -1,4 +1,5 @@
-"""Passwords in storage and tracking URLs never reach a file or MLflow (hydralign.secrets)."""
+"""Passwords in storage and tracking URLs never reach a file or MLflow (hydralign.secrets); ranks other than 0
+never reach the store."""
 
 from __future__ import annotations
 
@@ -48,3 +49,22 @@ def test_mlflow_params_of_a_run_hold_no_password():
     params = config_params(cfg, make_plan(cfg))
     assert params["logger.tracking_uri"] == f"postgresql://me:{MASK}@db:5432/mlflow"
     assert not [k for k, v in params.items() if "s3cret" in v]
+
+
+def test_only_rank_zero_touches_the_store(tmp_path, monkeypatch):
+    """A rank other than 0 opens its recorder (and Lightning's logger) without one round trip to the store."""
+    import mlflow.tracking
+
+    from hydralign.plan import make_plan
+    from hydralign.tracking.recorder import RunRecorder
+
+    def no_store(*args, **kwargs):
+        raise AssertionError("a rank other than 0 reached the MLflow store")
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", no_store)
+    cfg = compose_cfg([f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db"])
+    recorder = RunRecorder.open(cfg, make_plan(cfg), tmp_path, None, {}, rank_zero=False)
+    assert recorder.logger is None and not recorder.writes  # Lightning's logger too would open the store
+    recorder.log_metric("time/startup_seconds", 1.0)
+    recorder.finish("COMPLETE")
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlflow_run_id").exists()
