@@ -17,6 +17,7 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from hydra_plugins.hydralign_optuna_sweeper._heartbeat import Heartbeat, counted, fail_stale
 from hydra_plugins.hydralign_optuna_sweeper._outcome import TrialsFailed, failure_report, outcome
 from hydra_plugins.hydralign_optuna_sweeper._samplers import build_sampler, sampler_spec
 from hydra_plugins.hydralign_optuna_sweeper._space import SearchSpace, override_value
@@ -25,7 +26,6 @@ from hydralign.sweep.study import DEFAULT_STORAGE_DIR, STUDY_FILE, make_pruner, 
 
 log = logging.getLogger(__name__)
 State = optuna.trial.TrialState
-DONE = (State.COMPLETE, State.PRUNED, State.FAIL)
 DIRECTIONS = ("minimize", "maximize")
 
 
@@ -48,7 +48,8 @@ class OptunaSweeperImpl(Sweeper):
     def __init__(self, sampler: Any, direction: Any, storage: Optional[Any], study_name: Optional[str],
                  n_trials: int, n_jobs: int, max_failure_rate: float, params: Optional[Any],
                  custom_search_space: Optional[str], pruner: str, pruner_kwargs: Any,
-                 sampler_seed: Optional[int], sampler_kwargs: Any) -> None:
+                 sampler_seed: Optional[int], sampler_kwargs: Any, heartbeat_interval: int = 30,
+                 grace_period: int = 120, retry_failed_trials: int = 0) -> None:
         self.directions = directions_of(direction)
         if not 0.0 <= max_failure_rate <= 1.0:
             raise ValueError(f"hydra.sweeper.max_failure_rate={max_failure_rate} must be in [0, 1]")
@@ -64,6 +65,13 @@ class OptunaSweeperImpl(Sweeper):
             get_method(custom_search_space) if custom_search_space else None)
         self.pruner_name, self.pruner_kwargs = pruner, dict(_container(pruner_kwargs) or {})
         make_pruner(self.pruner_name, self.pruner_kwargs)  # an unknown pruner fails before any job
+        if not 0 < heartbeat_interval < grace_period:
+            raise ValueError(f"hydra.sweeper.heartbeat_interval={heartbeat_interval} must be > 0 and below "
+                             f"hydra.sweeper.grace_period={grace_period} (a live sweeper beats several times per grace)")
+        if retry_failed_trials < 0:
+            raise ValueError(f"hydra.sweeper.retry_failed_trials={retry_failed_trials} must be >= 0")
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.retry_failed_trials = retry_failed_trials
         self.job_idx = 0
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -88,11 +96,8 @@ class OptunaSweeperImpl(Sweeper):
         if found != self.directions:
             raise ValueError(f"study {name} in {redact(storage_url)} optimizes {found}, not hydra.sweeper.direction="
                              f"{self.directions}: give another hydra.sweeper.study_name for a new study")
-        stale = study.get_trials(deepcopy=False, states=(State.RUNNING, State.WAITING))
-        for t in stale:  # left by an interrupted sweep (nothing else runs trials of this study here)
-            study.tell(t.number, state=State.FAIL)
-        if stale:
-            log.info("%d trial(s) left running by an interrupted sweep recorded as FAIL", len(stale))
+        # Other sweepers may be running trials of this study: only those whose sweeper stopped beating are failed.
+        fail_stale(study, self.grace_period, self.retry_failed_trials)
         return study, name, storage_url
 
     def _trial_overrides(self, trial: optuna.trial.Trial, space: SearchSpace) -> list[str]:
@@ -126,7 +131,7 @@ class OptunaSweeperImpl(Sweeper):
             total = min(total, size)
         self.study_spec = {"study_name": name, "storage": storage_url, "pruner": self.pruner_name,
                            "pruner_kwargs": self.pruner_kwargs, "directions": self.directions, "jobs": {}}
-        done = len(study.get_trials(deepcopy=False, states=DONE))
+        done = counted(study)
         log.info("Optuna study %s (%s, %s): %d of %d trials done; search space %s%s", name,
                  type(sampler).__name__, "/".join(self.directions), done, total,
                  {k: str(v) for k, v in space.distributions.items()} or "(none: the fixed parameters only)",
@@ -139,8 +144,10 @@ class OptunaSweeperImpl(Sweeper):
                         "hydra.sweeper.n_trials to continue it, or start a fresh study with "
                         "hydra.sweeper.study_name=<new name>%s", name, done, total,
                         f" (or delete {storage_url})" if self.storage is None else "")
-        while done < total:
-            done += self._run_batch(study, space, min(self.n_jobs, total - done))
+        while done < total:  # the study's total, whoever runs its trials (several sweepers may share it)
+            self._run_batch(study, space, min(self.n_jobs, total - done))
+            fail_stale(study, self.grace_period, self.retry_failed_trials)
+            done = counted(study)
         self._write_results(study, name, storage_url)
 
     def _run_batch(self, study: optuna.Study, space: SearchSpace, size: int) -> int:
@@ -150,7 +157,8 @@ class OptunaSweeperImpl(Sweeper):
             self.study_spec["jobs"][str(self.job_idx + i)] = {
                 "trial_id": trial._trial_id, "number": trial.number, "overrides": job_overrides}
         write_study_file(self.sweep_dir / STUDY_FILE, self.study_spec)
-        returns = self.launcher.launch([tuple(o) for o in overrides], initial_job_idx=self.job_idx)
+        with Heartbeat(study, trials, self.heartbeat_interval):  # other sweepers see these trials alive
+            returns = self.launcher.launch([tuple(o) for o in overrides], initial_job_idx=self.job_idx)
         self.job_idx += len(returns)
         failed = []
         for trial, job_overrides, ret in zip(trials, overrides, returns):

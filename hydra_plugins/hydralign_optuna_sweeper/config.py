@@ -168,6 +168,12 @@ class OptunaSweeperConf:
     # Aliases kept from hydralign's first sweeper: hydra.sweeper.sampler.seed and .<kwarg> are the names.
     sampler_seed: Optional[int] = None
     sampler_kwargs: dict[str, Any] = field(default_factory=dict)
+    # Many sweepers on one study (the same command on several nodes): each beats for its running trials every
+    # heartbeat_interval seconds; a RUNNING trial without a beat for grace_period seconds (its sweeper died) is
+    # FAIL, and asked again with the same parameters up to retry_failed_trials times (Optuna's retry records).
+    heartbeat_interval: int = 30
+    grace_period: int = 120
+    retry_failed_trials: int = 0
 
 
 _store = ConfigStore.instance()

@@ -16,14 +16,16 @@ class OptunaSweeper(Sweeper):
                  study_name: Optional[str] = None, n_trials: int = 20, n_jobs: int = 2,
                  max_failure_rate: float = 0.0, params: Optional[Any] = None,
                  custom_search_space: Optional[str] = None, pruner: str = "none", pruner_kwargs: Any = None,
-                 sampler_seed: Optional[int] = None, sampler_kwargs: Any = None) -> None:
+                 sampler_seed: Optional[int] = None, sampler_kwargs: Any = None, heartbeat_interval: int = 30,
+                 grace_period: int = 120, retry_failed_trials: int = 0) -> None:
         from hydra_plugins.hydralign_optuna_sweeper._impl import OptunaSweeperImpl
 
         self.sweeper = OptunaSweeperImpl(
             sampler=sampler, direction=direction, storage=storage, study_name=study_name, n_trials=n_trials,
             n_jobs=n_jobs, max_failure_rate=max_failure_rate, params=params,
             custom_search_space=custom_search_space, pruner=pruner, pruner_kwargs=pruner_kwargs,
-            sampler_seed=sampler_seed, sampler_kwargs=sampler_kwargs)
+            sampler_seed=sampler_seed, sampler_kwargs=sampler_kwargs, heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period, retry_failed_trials=retry_failed_trials)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
