@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig
 
 from hydralign.config.store import register
+from hydralign.distributed.preemption import PREEMPTED_EXIT, Preempted, after_preemption
 from hydralign.errors import ConfigError, DataError
 
 
@@ -68,6 +69,12 @@ def task(cfg: DictConfig) -> Optional[float]:
             metrics = launch(cfg, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
         else:
             metrics = run(cfg, started=started, plan=plan)
+    except Preempted as stopped:
+        print(f"hydralign: {stopped}", file=sys.stderr, flush=True)
+        from hydralign.run.references import rank_zero
+
+        after_preemption(stopped, rank_zero())  # rank 0 of a SLURM job warned of its time limit: requeued
+        sys.exit(PREEMPTED_EXIT)  # not an error of this job: a multirun stops here (and a submitit job leaves no result)
     except (ConfigError, DataError) as err:
         print(f"hydralign: {err}", file=sys.stderr, flush=True)
         if _in_multirun():

@@ -50,9 +50,9 @@ def checkpoint_callbacks(ccfg: Any, ckpt_dir: Path, eval_every: int, steps_per_e
                            steps_per_epoch=steps_per_epoch)
     callbacks: list = [best]
     minutes = ccfg.every_n_minutes
-    if ccfg.save_last or every_n_steps or minutes:
-        callbacks.append(RollingCheckpoints(ckpt_dir, every_n_steps or (eval_every if ccfg.save_last else None),
-                                            minutes, ccfg.keep_last_k, steps_per_epoch, eval_every))
+    # Always there: with no cadence it writes only when asked (a stop signal: hydralign.run.preemption).
+    callbacks.append(RollingCheckpoints(ckpt_dir, every_n_steps or (eval_every if ccfg.save_last else None),
+                                        minutes, ccfg.keep_last_k, steps_per_epoch, eval_every))
     return best, callbacks
 
 
@@ -124,6 +124,7 @@ class RollingCheckpoints(Checkpoint):
         self.dir, self.every_n_steps, self.keep = Path(ckpt_dir), every_n_steps, keep_last_k
         self.steps_per_epoch, self.eval_every = steps_per_epoch, eval_every
         self._after_validation: Optional[int] = None  # a step whose checkpoint waits for its validation
+        self._requested = False  # write at the next step boundary, whatever the cadence (``request``)
         self.interval_s = every_n_minutes * 60.0 if every_n_minutes else None
         self.last_saved_step: Optional[int] = None
         self._clock = time.monotonic()  # when the last checkpoint was written (or training started)
@@ -140,13 +141,17 @@ class RollingCheckpoints(Checkpoint):
         if not batch.get("window_last", True):  # mid-accumulation: not a step boundary
             return
         step = trainer.global_step
-        due = bool(self.every_n_steps) and step % self.every_n_steps == 0
+        due = (bool(self.every_n_steps) and step % self.every_n_steps == 0) or self._requested
         if self.interval_s is not None and step >= self._next_look:
             due = self._time_is_up(trainer, step) or due
         if due and self.eval_every and step % self.eval_every == 0:
             self._after_validation = step  # written once this step's validation is done: a resume never skips it
         elif due:
             self.save(trainer)
+
+    def request(self) -> None:
+        """Write this step's checkpoint (called at a step boundary, before this callback's own hook)."""
+        self._requested = True
 
     def on_validation_end(self, trainer, module) -> None:
         if self._after_validation is not None and trainer.global_step == self._after_validation:
@@ -168,6 +173,7 @@ class RollingCheckpoints(Checkpoint):
     def save(self, trainer) -> Optional[Path]:
         """Write the current state as ``stepNNNNNN.ckpt`` (collective: every rank calls it)."""
         step = trainer.global_step
+        self._requested = False
         if step == self.last_saved_step:
             return None
         final = self.dir / f"step{step:06d}.ckpt"

@@ -31,6 +31,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional
 
+from hydralign.distributed.preemption import LISTENER, PREEMPTED_EXIT, Preempted
 from hydralign.distributed.slurm import step_tasks
 from hydralign.errors import ConfigError, DataError
 from hydralign.secrets import TRACKING_ENV, has_password, redact
@@ -81,9 +82,24 @@ def rank_env(rank: int, world: int, port: int, extra: dict[str, str]) -> dict[st
 def supervise(commands: list[list[str]], envs: list[dict[str, str]], log_dir: Path,
               poll_s: float = 0.2, grace_s: float = 15.0) -> None:
     """Run one process per rank; rank 0 writes to this console, the others to ``rank<N>.log``. The
-    first rank to fail (in time) ends the job: the others get SIGTERM, then SIGKILL after ``grace_s``."""
+    first rank to fail (in time) ends the job: the others get SIGHUP, then SIGKILL after ``grace_s``. A stop
+    signal (SIGTERM, SIGUSR1/2) to this process is passed on to every rank: they checkpoint and stop together,
+    and this raises ``Preempted``."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    procs, logs = [], []
+    procs: list[subprocess.Popen] = []
+    logs = []
+    LISTENER.forget()
+    LISTENER.also = lambda sig: [p.send_signal(sig) for p in procs if p.poll() is None]
+    LISTENER.listen()
+    try:
+        _supervise(procs, logs, commands, envs, log_dir, poll_s, grace_s)
+    finally:
+        LISTENER.restore()
+        LISTENER.also = None
+
+
+def _supervise(procs: list, logs: list, commands: list[list[str]], envs: list[dict[str, str]], log_dir: Path,
+               poll_s: float, grace_s: float) -> None:
     for rank, (cmd, env) in enumerate(zip(commands, envs)):
         out = None if rank == 0 else open(log_dir / f"rank{rank}.log", "w")  # noqa: SIM115 (closed below)
         logs.append(out)
@@ -91,7 +107,7 @@ def supervise(commands: list[list[str]], envs: list[dict[str, str]], log_dir: Pa
     failed: Optional[int] = None
     try:
         while None in [p.poll() for p in procs]:  # poll every rank each time (any() would stop early)
-            bad = [r for r, p in enumerate(procs) if p.returncode not in (None, 0)]
+            bad = [r for r, p in enumerate(procs) if p.returncode not in (None, 0, PREEMPTED_EXIT)]
             if bad:
                 failed = bad[0]
                 break
@@ -102,7 +118,7 @@ def supervise(commands: list[list[str]], envs: list[dict[str, str]], log_dir: Pa
         if failed is not None:
             for p in procs:
                 if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
+                    p.send_signal(signal.SIGHUP)  # not SIGTERM: that asks a rank for a checkpoint first
             deadline = time.time() + grace_s
             for p in procs:
                 try:
@@ -119,6 +135,10 @@ def supervise(commands: list[list[str]], envs: list[dict[str, str]], log_dir: Pa
     bad = [r for r, c in enumerate(codes) if c != 0]
     if not bad:
         return
+    if all(c in (0, PREEMPTED_EXIT) for c in codes):
+        stopped = log_dir / "rank0.preempted"
+        args = json.loads(stopped.read_text()) if stopped.is_file() else [LISTENER.names(), -1, None, False]
+        raise Preempted(args[0], args[1], args[2], bool(args[3]) or LISTENER.warned)
     first = failed if failed is not None else bad[0]
     if codes[first] == PRUNED_EXIT or (first != 0 and codes[0] == PRUNED_EXIT):
         import optuna
@@ -157,7 +177,7 @@ def launch(cfg: Any, run_dir: Path) -> dict[str, float]:
             resolved.logger.tracking_uri = "${oc.env:" + TRACKING_ENV + "}"
     launch_dir = run_dir / "launch"
     launch_dir.mkdir(parents=True, exist_ok=True)
-    for stale in launch_dir.glob("rank*.error"):
+    for stale in [*launch_dir.glob("rank*.error"), *launch_dir.glob("rank*.preempted")]:
         stale.unlink()
     config_file = launch_dir / "config.yaml"
     tmp = config_file.with_suffix(".tmp")
@@ -185,7 +205,8 @@ def rank_main(config_file: str) -> int:
 
     rank = int(os.environ.get("RANK", "0"))
     error_file = Path(config_file).parent / f"rank{rank}.error"
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped because another rank failed
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))  # stopped because another rank failed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # before and after training (run() listens in between)
     try:
         from hydralign.run.console import configure_console
         from hydralign.run.job import run
@@ -195,6 +216,10 @@ def rank_main(config_file: str) -> int:
         return 0
     except SystemExit:
         raise
+    except Preempted as stopped:
+        stop_file = Path(config_file).parent / f"rank{rank}.preempted"
+        stop_file.write_text(json.dumps([stopped.signals, stopped.step, stopped.checkpoint, stopped.warned]))
+        return PREEMPTED_EXIT
     except BaseException as err:
         code = 1
         if type(err).__name__ == "TrialPruned":

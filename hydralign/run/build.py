@@ -11,13 +11,15 @@ from typing import Any, Optional
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from hydralign.checkpoints.saving import checkpoint_callbacks
+from hydralign.checkpoints.saving import RollingCheckpoints, checkpoint_callbacks
 from hydralign.data.module import PostTrainingData
+from hydralign.distributed.preemption import LISTENER
 from hydralign.methods.specs import get_method
 from hydralign.models import build_model, load_weights, tokenizer_and_template
 from hydralign.models.peft import apply_peft
 from hydralign.plan.core import Plan, refine
 from hydralign.run.callbacks import StartupTimer, StepSeeds, TokensSeen
+from hydralign.run.preemption import StopOnSignal
 from hydralign.run.reference_logps import precomputed_reference
 from hydralign.run.references import References, rank_zero
 from hydralign.run.trainer import build_trainer
@@ -57,7 +59,9 @@ def build(cfg: DictConfig, config_plan: Plan, refs: References, recorder: RunRec
                                        plan.steps_per_epoch, plan.checkpoint_every_n_steps)
     pruning = pruning_callback(cfg.optimized_metric)  # a job of an Optuna sweep: report, maybe stop early
     extra = [pruning] if pruning is not None else []
-    trainer = build_trainer(cfg, plan, refs.run_dir, recorder.logger, ckpts + list(callbacks) + extra +
+    rolling = next(c for c in ckpts if isinstance(c, RollingCheckpoints))
+    stop = StopOnSignal(LISTENER, rolling)  # before the checkpoints: it asks rolling for this step's checkpoint
+    trainer = build_trainer(cfg, plan, refs.run_dir, recorder.logger, [stop] + ckpts + list(callbacks) + extra +
                             [StartupTimer(started, recorder.log_metric), TokensSeen(), StepSeeds(cfg.seed)])
     model = _policy(cfg, plan, tokenizer)
     stop_ids = tokenizer.convert_tokens_to_ids(template.stop_tokens(tokenizer.eos_token))

@@ -19,6 +19,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from hydralign.distributed.preemption import LISTENER, Preempted
 from hydralign.plan.core import Plan, make_plan
 from hydralign.run.build import build
 from hydralign.run.fit import fit
@@ -41,10 +42,19 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
     (default: now), the origin of ``time/startup_seconds`` (job start to first training step); ``plan``: the
     config's plan where the caller has made it already (the CLI checks it before importing anything heavy)."""
     started = started or time.time()
+    LISTENER.forget()
+    LISTENER.listen()  # a stop signal from here on ends the run at a step boundary, after a checkpoint
+    try:
+        return _run(cfg, callbacks, started, plan)
+    finally:
+        LISTENER.restore()
+
+
+def _run(cfg: DictConfig, callbacks: Optional[list], started: float, plan: Optional[Plan]) -> dict[str, float]:
     refs = resolve_references(cfg)
     plan = plan if plan is not None else make_plan(cfg)
     check_resume(refs, cfg, plan)
-    recorder = RunRecorder.open(cfg, plan, refs.run_dir, refs.run_id, refs.lineage, rank_zero())
+    recorder = RunRecorder.open(cfg, plan, refs.run_dir, refs.run_id, refs.lineage, rank_zero(), refs.requeues)
     state, error = "FAIL", None
     try:
         built = build(cfg, plan, refs, recorder, list(callbacks or []), started)
@@ -53,6 +63,9 @@ def run(cfg: DictConfig, callbacks: Optional[list] = None, started: Optional[flo
                                  cfg.checkpoint.monitor)
         record_end(built, cfg, refs.run_dir, recorder, metrics, pruned_at, started)
         state = "COMPLETE" if pruned_at is None else "PRUNED"
+    except Preempted:
+        state = "PREEMPTED"  # KILLED in MLflow until the run continues (RUNNING again, then FINISHED)
+        raise
     except BaseException as err:
         error = "".join(traceback.format_exception_only(type(err), err)).strip()
         raise

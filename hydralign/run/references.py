@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 
 from hydralign.checkpoints.references import REFERENCES, describe, forget, reference_of, resolve_reference
 from hydralign.checkpoints.resume import check_newest, check_resumable, resolve_resume
+from hydralign.distributed.preemption import requeue_count
 from hydralign.plan.core import Plan
 from hydralign.run.trainer import default_run_dir
 
@@ -23,6 +24,8 @@ class References:
     ckpt_path: Optional[Path]  # the checkpoint a resumed run continues from
     run_id: Optional[str]  # the MLflow run a resumed run continues
     lineage: dict[str, Any] = field(default_factory=dict)  # config key -> Resolved (init_from, teacher_from)
+    requeues: Optional[int] = None  # how often SLURM requeued this job (None outside SLURM)
+    resume: Optional[str] = None  # what ``resume`` means for this job: the config's, or "auto" when requeued
 
 
 def rank_zero() -> bool:
@@ -32,19 +35,26 @@ def rank_zero() -> bool:
 
 def resolve_references(cfg: DictConfig) -> References:
     forget()  # references resolve afresh for each run (a :last may have moved since)
-    run_dir, ckpt_path = resolve_resume(cfg.resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir(),
+    requeues = requeue_count()
+    resume = cfg.resume
+    if not resume and requeues:  # SLURM runs the job again (preempted, or its time limit): it continues itself
+        resume = "auto"
+        if rank_zero():
+            print(f"hydralign: requeued by SLURM ({requeues}x): continuing the run folder's newest checkpoint",
+                  flush=True)
+    run_dir, ckpt_path = resolve_resume(resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir(),
                                         cfg.logger.tracking_uri)
     run_dir = run_dir.resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     id_file = run_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if ckpt_path and id_file.is_file() else None
-    return References(run_dir, ckpt_path, run_id, resolve_lineage(cfg))
+    return References(run_dir, ckpt_path, run_id, resolve_lineage(cfg), requeues, resume)
 
 
 def check_resume(refs: References, cfg: DictConfig, plan: Plan) -> None:
     """A resumed run with another model, effective batch, ...: refused with the keys that differ."""
     if refs.ckpt_path is not None:
-        check_newest(refs.ckpt_path, refs.run_dir, str(cfg.resume))
+        check_newest(refs.ckpt_path, refs.run_dir, str(refs.resume))
         check_resumable(refs.ckpt_path, cfg, plan.strategy)
 
 

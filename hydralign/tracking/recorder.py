@@ -101,7 +101,7 @@ def finish(logger, state: str, error: Optional[str] = None) -> None:
     retry_locked(client.set_tag, run_id, "trial_state", state)
     if error:
         retry_locked(client.set_tag, run_id, "error", error[:5000])
-    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED"}.get(state, "FAILED")
+    status = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "PREEMPTED": "KILLED"}.get(state, "FAILED")
     retry_locked(client.set_terminated, run_id, status)
 
 
@@ -155,12 +155,18 @@ class RunRecorder:
 
     @classmethod
     def open(cls, cfg: Any, plan: Plan, run_dir: Path, run_id: Optional[str], lineage: dict[str, Any],
-             rank_zero: bool) -> RunRecorder:
+             rank_zero: bool, requeues: Optional[int] = None) -> RunRecorder:
         """The run exists from here (a job that then fails while loading data is a FAILED run): its params, known
-        from the config, and which checkpoints seeded it. ``run_id``: the run a resumed job continues."""
+        from the config, and which checkpoints seeded it. ``run_id``: the run a resumed job continues (RUNNING
+        again); ``requeues``: how often SLURM requeued the job (tag ``slurm.requeues``)."""
         recorder = cls(make_logger(cfg, plan, run_dir, run_id=run_id, rank_zero=rank_zero), rank_zero)
         if recorder.writes:
-            (run_dir / "mlflow_run_id").write_text(recorder.logger.run_id)
+            client, opened = recorder.logger.experiment, recorder.logger.run_id
+            if run_id is not None:
+                retry_locked(client.update_run, opened, "RUNNING")
+            if requeues is not None:
+                retry_locked(client.set_tag, opened, "slurm.requeues", str(requeues))
+            (run_dir / "mlflow_run_id").write_text(opened)
             log_params(recorder.logger, config_params(cfg, plan))
             log_lineage(recorder.logger, lineage)
         return recorder
