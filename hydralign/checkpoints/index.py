@@ -1,11 +1,12 @@
 """``checkpoints/index.json``: what each checkpoint of a run holds (its optimizer step and data epoch) and
-what every validation measured, so ``<run>:best``, ``:step=N`` and ``:epoch=N`` pick a checkpoint from
+what every validation (and lm-eval evaluation) measured, so ``<run>:best``, ``:step=N`` and ``:epoch=N`` pick a checkpoint from
 recorded facts, never from file names. Written by rank 0 only (atomically: temporary file, then rename);
 entries whose file was deleted (keep-last-K, keep-best-K) are dropped at each write. Pure JSON, no torch.
 
     {"monitor": "val/exact_match", "mode": "max",
      "checkpoints": {"step000400.ckpt": {"step": 400, "epoch": 1.0}, "best-step000200.ckpt": {...}},
-     "validations": {"200": {"val/loss": 0.41, "val/exact_match": 0.62}, ...}}
+     "validations": {"200": {"val/loss": 0.41, "val/exact_match": 0.62, "eval/gsm8k/exact_match_strict-match": 0.1},
+                     ...}}
 """
 
 from __future__ import annotations
@@ -45,10 +46,13 @@ def record_checkpoint(ckpt_dir: Path, name: str, step: int, steps_per_epoch: Opt
 
 
 def record_validation(ckpt_dir: Path, step: int, metrics: dict[str, float]) -> None:
+    """Add what was measured at ``step`` to what is recorded there: a validation's ``val/*`` and lm-eval's
+    ``eval/*`` (hydralign.harness) arrive separately, in either order; a name measured again is replaced."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     index = read(ckpt_dir)
-    index["validations"][str(int(step))] = {k: float(v) for k, v in metrics.items()}
+    recorded = index["validations"].setdefault(str(int(step)), {})
+    recorded.update({k: float(v) for k, v in metrics.items()})
     _write(ckpt_dir, index)
 
 

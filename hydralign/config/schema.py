@@ -202,6 +202,21 @@ class LoggerConfig:
 
 
 @dataclass
+class HarnessConfig:
+    """Downstream evaluation through EleutherAI's lm-evaluation-harness (hydralign/harness/): the in-memory
+    policy through lm-eval's own Hugging Face wrapper, metrics logged as ``eval/<task>/<metric>[_<filter>]``."""
+
+    tasks: list[str] = field(default_factory=list)  # lm-eval task or group names; hydralign_arithmetic ships with us
+    include_path: list[str] = field(default_factory=list)  # folders of task YAMLs (local data), besides our own
+    num_fewshot: Optional[int] = None  # null: each task's own
+    limit: Optional[float] = None  # examples per task (>= 1) or a fraction of them (< 1); null: all
+    batch_size: int = 8  # examples per forward during evaluation: higher is faster and holds more memory
+    apply_chat_template: Optional[bool] = None  # null: when the tokenizer has a chat template
+    gen_kwargs: Optional[dict[str, Any]] = None  # generation settings over every generate_until task's own
+    every: str = "none"  # none | end | checkpoint (each saved checkpoint) | validation (each validation)
+
+
+@dataclass
 class EvalConfig:
     every_n_steps: int = 100  # optimizer steps between validations
     at_start: bool = True  # score the untrained model first (step 0 of every curve)
@@ -212,6 +227,7 @@ class EvalConfig:
     num_fewshot: int = 0
     repetition_min_repeats: int = 3  # a non-stopping generation ending in a span repeated this often
     repetition_max_period: int = 32
+    harness: HarnessConfig = field(default_factory=HarnessConfig)
 
 
 @dataclass

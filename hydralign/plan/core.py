@@ -17,6 +17,7 @@ from hydralign.methods.specs import get_method, with_flag
 from hydralign.models.peft_checks import check_peft
 from hydralign.plan.batch import batch_sizes
 from hydralign.plan.hardware import check_hardware
+from hydralign.plan.harness import check_harness
 from hydralign.plan.length import (
     check_schedule,
     check_training,
@@ -66,6 +67,8 @@ class Plan:
     checkpoint_every_n_steps: Optional[int] = None  # rolling checkpoints (checkpoint.every_n_steps or _episodes)
     packing: str = "none"  # none | padding_free | packed (hydralign.data.packing)
     max_tokens_per_micro: Optional[int] = None  # packed: tokens per row; batch sizes then count rows
+    harness_every: str = "none"  # lm-eval during training: none | end | checkpoint | validation (plan.harness)
+    harness_tasks: tuple[str, ...] = ()  # its lm-eval task or group names
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -121,6 +124,7 @@ def _config_plan(cfg: Any) -> Plan:
     check_strategy(cfg, held_frozen=spec.held_models(cfg), zero3_fix=spec.zero3_fix)  # what fsdp / deepspeed cannot run
     _check_loss_chunk(cfg, spec, strategy)
     packing, row_tokens = check_packing(cfg, spec)
+    harness_every = check_harness(cfg)
     rollout: Optional[RolloutPlan] = None
     if spec.data_kind == "prompts":
         rollout, micro, grad_accum = rollout_sizes(cfg, world, spec.schema)
@@ -149,6 +153,7 @@ def _config_plan(cfg: Any) -> Plan:
         memory=_memory(cfg, spec, packing, micro, sequences, length), rollout=rollout,
         checkpoint_every_n_steps=ckpt_every, packing=packing,
         max_tokens_per_micro=row_tokens if packing == "packed" else None,
+        harness_every=harness_every, harness_tasks=tuple(setting(cfg, "eval.harness.tasks") or ()),
     )
 
 

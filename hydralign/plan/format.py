@@ -40,7 +40,7 @@ def format_plan(plan: Plan, title: str = "plan") -> str:
         ("lr / schedule", f"{plan.lr:g} / {plan.schedule}"),
         ("validate every", f"{plan.eval_every_n_steps} steps"),
         ("seed", plan.seed),
-    ] + format_rollout(plan.rollout) + format_memory(plan.memory)
+    ] + harness_rows(plan) + format_rollout(plan.rollout) + format_memory(plan.memory)
     width = max(len(k) for k, _ in rows)
     return "\n".join([f"== {title} =="] + [f"  {k.ljust(width)}  {show(v)}" for k, v in rows])
 
@@ -50,3 +50,11 @@ def tokens_per_step(plan: Plan) -> str:
         return f"{plan.max_tokens_per_step} = {plan.effective_batch} rows x {plan.max_tokens_per_micro}"
     per_example = plan.max_tokens_per_step // max(1, plan.effective_batch * plan.max_seq_len)
     return f"{plan.max_tokens_per_step} = {plan.effective_batch} x {per_example} sequence(s) x {plan.max_seq_len}"
+
+
+def harness_rows(plan: Plan) -> list[tuple[str, Any]]:
+    """lm-eval during training, when asked (``eval.harness.every``)."""
+    if plan.harness_every == "none":
+        return []
+    when = "at the end of training" if plan.harness_every == "end" else f"after each {plan.harness_every}"
+    return [("lm-eval tasks", f"{', '.join(plan.harness_tasks)} {when}")]

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydralign.checkpoints.saving import RollingCheckpoints, checkpoint_callbacks
 from hydralign.data.module import PostTrainingData
 from hydralign.distributed.preemption import LISTENER
+from hydralign.harness.callback import harness_callbacks
 from hydralign.methods.specs import get_method
 from hydralign.models import build_model, load_weights, tokenizer_and_template
 from hydralign.models.peft import apply_peft
@@ -58,7 +59,7 @@ def build(cfg: DictConfig, config_plan: Plan, refs: References, recorder: RunRec
     best, ckpts = checkpoint_callbacks(cfg.checkpoint, refs.run_dir / "checkpoints", plan.eval_every_n_steps,
                                        plan.steps_per_epoch, plan.checkpoint_every_n_steps)
     pruning = pruning_callback(cfg.optimized_metric)  # a job of an Optuna sweep: report, maybe stop early
-    extra = [pruning] if pruning is not None else []
+    extra = ([pruning] if pruning is not None else []) + harness_callbacks(cfg, plan, refs.run_dir)
     rolling = next(c for c in ckpts if isinstance(c, RollingCheckpoints))
     stop = StopOnSignal(LISTENER, rolling)  # before the checkpoints: it asks rolling for this step's checkpoint
     trainer = build_trainer(cfg, plan, refs.run_dir, recorder.logger, [stop] + ckpts + list(callbacks) + extra +
