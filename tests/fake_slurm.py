@@ -5,7 +5,13 @@ submission path runs without a cluster. One node only (localhost).
                         (ids 4242, 4252, ...); with FAKE_SLURM_RUN=1 it then runs the job in the background, the
                         elements of a job array one after the other, each with the variables sbatch would set
     srun <opts> <cmd>   starts $SLURM_NTASKS copies of <cmd> as the step's tasks (SLURM_PROCID, SLURM_LOCALID,
-                        SLURM_STEP_*), 1.1 s apart, each writing to --output/--error with %A %a %j %t filled in
+                        SLURM_STEP_*), 1.1 s apart, each writing to --output/--error with %A %a %j %t filled in;
+                        their pids go to $FAKE_SLURM_DIR/tasks.<job> (``signal_tasks`` signals them, as SLURM's
+                        ``--signal`` and a preemption do)
+    scontrol requeue <job>
+                        marks the job (``<id>`` or ``<array id>_<index>``) for requeue: when its batch script ends, it
+                        runs again with SLURM_RESTART_COUNT one higher, as SLURM requeues a job (``preempt``: SIGTERM to
+                        the tasks and a requeue, as a partition with PreemptMode=REQUEUE does)
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ def install(bin_dir: Path, state_dir: Path) -> dict[str, str]:
     """Write ``sbatch`` and ``srun`` into ``bin_dir``; returns the environment that puts them first on PATH."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     state_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("sbatch", "srun"):
+    for name in ("sbatch", "srun", "scontrol"):
         path = bin_dir / name
         path.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} {shlex.quote(__file__)} {name} \"$@\"\n")
         path.chmod(0o755)
@@ -66,13 +72,59 @@ def run(script: Path, job_id: int) -> int:
     for index in range(first, last + 1):
         ids = ({"SLURM_JOB_ID": str(job_id + 1 + index), "SLURM_ARRAY_JOB_ID": str(job_id),
                 "SLURM_ARRAY_TASK_ID": str(index)} if array else {"SLURM_JOB_ID": str(job_id)})
+        requeue = state_dir() / f"requeue.{_job_of(ids)}"
         env = {**os.environ, **ids, "SLURM_JOB_NAME": params.get("job-name", "job"),
                "SLURM_JOB_NODELIST": "localhost", "SLURM_NODELIST": "localhost", "SLURM_NNODES": str(nodes),
                "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_NTASKS": str(nodes * per_node),
                "SLURM_NTASKS_PER_NODE": str(per_node), "SLURM_TASKS_PER_NODE": f"{per_node}(x{nodes})",
                "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_SUBMIT_DIR": os.getcwd()}
-        worst = max(worst, subprocess.run(["bash", str(script)], env=env).returncode)
+        restarts = 0
+        while True:
+            code = subprocess.run(["bash", str(script)], env=env).returncode
+            if not requeue.exists():
+                break
+            requeue.unlink()
+            restarts += 1
+            env["SLURM_RESTART_COUNT"] = str(restarts)
+        worst = max(worst, code)
     return worst
+
+
+def state_dir() -> Path:
+    return Path(os.environ["FAKE_SLURM_DIR"])
+
+
+def _job_of(ids: dict[str, str]) -> str:
+    if "SLURM_ARRAY_JOB_ID" in ids:
+        return f"{ids['SLURM_ARRAY_JOB_ID']}_{ids['SLURM_ARRAY_TASK_ID']}"
+    return ids["SLURM_JOB_ID"]
+
+
+def scontrol(args: list[str]) -> int:
+    if args[:1] != ["requeue"] or len(args) != 2:
+        print(f"fake scontrol: only 'requeue <job>', not {args}", file=sys.stderr)
+        return 1
+    (state_dir() / f"requeue.{args[1]}").write_text("")
+    return 0
+
+
+def signal_tasks(state: Path, job: str, sig: int) -> list[int]:
+    """Send ``sig`` to the running tasks of ``job`` (the test's side); returns their pids."""
+    pids = [int(p) for p in (state / f"tasks.{job}").read_text().split()]
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+    return pids
+
+
+def preempt(state: Path, job: str) -> None:
+    """What SLURM does to a job preempted on a partition with PreemptMode=REQUEUE: SIGTERM, then a requeue."""
+    import signal
+
+    (state / f"requeue.{job}").write_text("")
+    signal_tasks(state, job, signal.SIGTERM)
 
 
 def srun(args: list[str]) -> int:
@@ -91,6 +143,9 @@ def srun(args: list[str]) -> int:
         return pattern
 
     procs = []
+    job = _job_of(os.environ)
+    pid_file = state_dir() / f"tasks.{job}"
+    pid_file.write_text("")
     for task in range(tasks):
         env = {**os.environ, "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task), "SLURM_NODEID": "0",
                "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": str(tasks), "SLURM_STEP_NUM_NODES": "1",
@@ -98,6 +153,8 @@ def srun(args: list[str]) -> int:
         out = open(fill(files["--output"], task), "a")  # noqa: SIM115 (closed after the task)
         err = open(fill(files["--error"], task), "a") if "--error" in files else subprocess.STDOUT  # noqa: SIM115
         procs.append((subprocess.Popen(args, env=env, stdout=out, stderr=err), out, err))
+        with open(pid_file, "a") as pids:
+            pids.write(f"{procs[-1][0].pid}\n")
         time.sleep(1.1)  # tasks start apart: a ${now} resolved per task would differ
     worst = 0
     for proc, out, err in procs:
@@ -112,4 +169,4 @@ if __name__ == "__main__":
     command, rest = sys.argv[1], sys.argv[2:]
     if command == "run":
         sys.exit(run(Path(rest[0]), int(rest[1])))
-    sys.exit({"sbatch": sbatch, "srun": srun}[command](rest))
+    sys.exit({"sbatch": sbatch, "srun": srun, "scontrol": scontrol}[command](rest))
