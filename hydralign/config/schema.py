@@ -212,7 +212,7 @@ class HarnessConfig:
     limit: Optional[float] = None  # examples per task (>= 1) or a fraction of them (< 1); null: all
     batch_size: int = 8  # examples per forward during evaluation: higher is faster and holds more memory
     apply_chat_template: Optional[bool] = None  # null: when the tokenizer has a chat template
-    gen_kwargs: Optional[dict[str, Any]] = None  # generation settings over every generate_until task's own
+    gen_kwargs: Any = None  # a mapping of generation settings over every generate_until task's own (null: none)
     every: str = "none"  # none | end | checkpoint (each saved checkpoint) | validation (each validation)
 
 

@@ -1,7 +1,9 @@
 """Chat templates rendered as (text, trainable) segments, so the loss mask is exact by construction.
 
 Each template also carries its Jinja form, which is saved with the tokenizer on export so the
-exported model formats prompts the way it was trained.
+exported model formats prompts the way it was trained (a template with ``add_bos`` writes the BOS token first: a
+tokenizer that adds none itself, like the character tokenizer, would otherwise give prompts without it, which
+lm-eval's and other ``apply_chat_template`` users' prompts then lack).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ TULU = ChatTemplate(
     trailing="\n",
     special_tokens=("<|system|>", "<|user|>", "<|assistant|>"),
     add_bos=True,
-    jinja=("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|assistant|>\\n' + m['content'] + "
+    jinja=("{{ bos_token }}"
+           "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|assistant|>\\n' + m['content'] + "
            "eos_token + '\\n' }}{% else %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '\\n' }}{% endif %}"
            "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"),
 )

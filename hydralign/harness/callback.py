@@ -50,7 +50,7 @@ class HarnessEvaluation(Callback):
             self.evaluate(trainer, module)
 
     def on_save_checkpoint(self, trainer, module, checkpoint: dict) -> None:
-        if self.settings.every == "checkpoint":
+        if self.settings.every == "checkpoint" and not _stopping(trainer):
             self.evaluate(trainer, module)
 
     def on_train_end(self, trainer, module) -> None:
@@ -106,6 +106,12 @@ class HarnessEvaluation(Callback):
                 log_params(logger, run_params(results, lm_eval_version()))
             retry_locked(logger.experiment.log_artifact, logger.run_id, str(artifact), "harness")
         self._params_logged = True
+
+
+def _stopping(trainer) -> bool:
+    """The checkpoint is the one a stop signal asked for (``run.preemption.StopOnSignal`` set its step): the time
+    left before the job is killed is for writing it, not for evaluating it."""
+    return any(getattr(cb, "stop_step", None) == trainer.global_step for cb in trainer.callbacks)
 
 
 def harness_callbacks(cfg: Any, plan: Plan, run_dir: Path) -> list[Callback]:

@@ -61,7 +61,7 @@ def test_hf_export_reloads_and_generates_the_same(trained):
     load_weights(twin, str(tmp / "run" / "checkpoints" / "last.ckpt"))
     prompt = tok.apply_chat_template([{"role": "user", "content": "12+34="}], tokenize=False,
                                      add_generation_prompt=True)
-    assert prompt == "<|user|>\n12+34=\n<|assistant|>\n"  # model=tiny's template: open-instruct's tulu
+    assert prompt == "<s><|user|>\n12+34=\n<|assistant|>\n"  # model=tiny's template: open-instruct's tulu, after BOS
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False).input_ids
     out_a = model.generate(ids, max_new_tokens=6, do_sample=False)
     out_b = twin.generate(ids, max_new_tokens=6, do_sample=False,
