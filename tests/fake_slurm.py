@@ -7,7 +7,8 @@ submission path runs without a cluster. One node only (localhost).
     srun <opts> <cmd>   starts $SLURM_NTASKS copies of <cmd> as the step's tasks (SLURM_PROCID, SLURM_LOCALID,
                         SLURM_STEP_*), 1.1 s apart, each writing to --output/--error with %A %a %j %t filled in;
                         their pids go to $FAKE_SLURM_DIR/tasks.<job> (``signal_tasks`` signals them, as SLURM's
-                        ``--signal`` and a preemption do)
+                        ``--signal`` and a preemption do); $FAKE_SLURM_BETWEEN_TASKS, if set, is run between
+                        two tasks' starts (with $FAKE_SLURM_TASK_OUT, the output file of the task just started)
     scontrol requeue <job>
                         marks the job (``<id>`` or ``<array id>_<index>``) for requeue: when its batch script ends, it
                         runs again with SLURM_RESTART_COUNT one higher, as SLURM requeues a job (``preempt``: SIGTERM to
@@ -155,6 +156,10 @@ def srun(args: list[str]) -> int:
         procs.append((subprocess.Popen(args, env=env, stdout=out, stderr=err), out, err))
         with open(pid_file, "a") as pids:
             pids.write(f"{procs[-1][0].pid}\n")
+        between = os.environ.get("FAKE_SLURM_BETWEEN_TASKS")
+        if between and task < tasks - 1:  # a test's command, run after starting task t, before t + 1
+            subprocess.run(between, shell=True, check=True,
+                           env={**os.environ, "FAKE_SLURM_TASK_OUT": fill(files["--output"], task)})
         time.sleep(1.1)  # tasks start apart: a ${now} resolved per task would differ
     worst = 0
     for proc, out, err in procs:

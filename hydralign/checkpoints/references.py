@@ -71,6 +71,11 @@ def forget() -> None:
     _MEMO.clear()
 
 
+def remembered() -> dict[str, Resolved]:
+    """The references resolved so far in this run (rank 0's are handed to the other ranks)."""
+    return _MEMO
+
+
 def resolve_reference(ref: str, tracking_uri: Optional[str] = None, what: str = "init_from") -> Resolved:
     """The weights a reference names, with their lineage. Remembered until ``forget()``, so every later
     look-up of the same reference within a run (the model loader, the reference cache's key) sees the same

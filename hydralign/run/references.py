@@ -11,9 +11,13 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from hydralign.checkpoints.references import REFERENCES, describe, forget, reference_of, resolve_reference
+from hydralign.checkpoints.references import (REFERENCES, describe, forget, reference_of, remembered,
+                                              resolve_reference)
 from hydralign.checkpoints.resume import check_newest, check_resumable, resolve_resume
+from hydralign.config.read import setting
+from hydralign.distributed.one_answer import from_rank_zero, join_process_group
 from hydralign.distributed.preemption import requeue_count
+from hydralign.distributed.strategies import process_group_timeout
 from hydralign.plan.core import Plan
 from hydralign.run.trainer import default_run_dir
 
@@ -34,7 +38,21 @@ def rank_zero() -> bool:
 
 
 def resolve_references(cfg: DictConfig) -> References:
+    """Rank 0 resolves; every other rank of the job takes its answer (one look at the run folders and the store
+    per job: a source run writing a new checkpoint meanwhile cannot give the ranks different weights)."""
+    backend = setting(cfg, "hardware.process_backend") or ("nccl" if cfg.hardware.accelerator == "gpu" else "gloo")
+    join_process_group(backend, process_group_timeout(cfg).get("timeout"))
     forget()  # references resolve afresh for each run (a :last may have moved since)
+    refs, memo = from_rank_zero(lambda: (_resolve_references(cfg), remembered()))
+    if not rank_zero():
+        refs.run_dir.mkdir(parents=True, exist_ok=True)
+        remembered().update(memo)  # later look-ups (the model loader, the reference cache) see rank 0's answers
+        for key, found in refs.lineage.items():
+            print(f"hydralign: {key}: {describe(found)} (rank 0's answer)", flush=True)
+    return refs
+
+
+def _resolve_references(cfg: DictConfig) -> References:
     requeues = requeue_count()
     resume = cfg.resume
     if not resume and requeues:  # SLURM runs the job again (preempted, or its time limit): it continues itself

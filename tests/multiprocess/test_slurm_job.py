@@ -37,7 +37,7 @@ def test_each_slurm_task_is_a_rank(tmp_path):
         assert (sweep / job / "metrics.json").is_file()
         assert not (sweep / job / "launch").exists()  # no ranks started by hydralign itself
         logs = [(sweep / ".submitit" / array_task / f"{array_task}_{t}_log.out").read_text() for t in (0, 1)]
-        assert "GLOBAL_RANK: 0, MEMBER: 1/2" in logs[0] and "GLOBAL_RANK: 1, MEMBER: 2/2" in logs[1]
+        assert "rank 0 of 2 joined the job" in logs[0] and "rank 1 of 2 joined the job" in logs[1]
     client = MlflowClient(tracking_uri=store)
     runs = client.search_runs([client.get_experiment_by_name("hydralign").experiment_id])
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
