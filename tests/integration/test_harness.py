@@ -160,3 +160,28 @@ def test_gsm8k_through_lm_evals_own_task_on_a_local_file(tmp_path):
     assert client.get_run(run_id).data.params["harness.n_samples.gsm8k"] == "4"
     saved = json.loads((tmp_path / "run" / "harness" / "step000002.json").read_text())
     assert saved["configs"]["gsm8k"]["dataset_path"] == "json"  # lm-eval's gsm8k, on the local file
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("every, cadence, steps", [
+    ("validation", ["eval.every_n_steps=2"], [0, 2, 4]),  # the validation before training included
+    ("checkpoint", ["eval.every_n_steps=4", "checkpoint.every_n_steps=1"], [1, 2, 3, 4]),  # mid-training saves
+])
+def test_a_lora_policy_evaluated_trains_as_without(tmp_path, every, cadence, steps):
+    """peft=lora: the PeftModel goes to lm-eval as it is (adapters active); training is untouched (train/eval modes
+    of every module and the random generators restored: an evaluation at a step that is not validated would
+    otherwise leave LoRA's dropout off for the next step)."""
+    tasks = write_tasks(tmp_path / "tasks")
+    common = ["peft=lora", "peft.r=4", "peft.dropout=0.3", "lr=0.01", "trainer.max_steps=4", "logger=none",
+              "checkpoint.export_hf=false", *cadence]
+    with_harness = tiny_cfg(tmp_path / "a", common + [f"eval.harness.every={every}", "eval.harness.tasks=[sums_mc]",
+                                                      "eval.harness.limit=16", f"eval.harness.include_path=[{tasks}]"])
+    evaluated = run(with_harness)
+    plain = run(tiny_cfg(tmp_path / "b", common))
+    found = sorted(p.name for p in (tmp_path / "a" / "run" / "harness").iterdir())
+    assert found == [f"step{s:06d}.json" for s in steps]
+    assert evaluated.keys() == plain.keys() and "val/loss" in plain
+    for key in plain:
+        assert evaluated[key] == plain[key], key
+    saved = json.loads((tmp_path / "a" / "run" / "harness" / f"step{steps[-1]:06d}.json").read_text())
+    assert saved["n-samples"]["sums_mc"]["effective"] == 16 and saved["config"]["model_num_parameters"] > 0
