@@ -1,9 +1,9 @@
 """Chat templates rendered as (text, trainable) segments, so the loss mask is exact by construction.
 
 Each template also carries its Jinja form, which is saved with the tokenizer on export so the
-exported model formats prompts the way it was trained (a template with ``add_bos`` writes the BOS token first: a
-tokenizer that adds none itself, like the character tokenizer, would otherwise give prompts without it, which
-lm-eval's and other ``apply_chat_template`` users' prompts then lack).
+exported model formats prompts the way it was trained (``jinja_for``: with BOS written first where the template puts
+BOS before its text and the tokenizer adds none itself, as the character tokenizer does; without it, lm-eval and
+every other ``apply_chat_template`` user would prompt the model without the BOS it was trained after).
 """
 
 from __future__ import annotations
@@ -51,6 +51,13 @@ class ChatTemplate:
             parts.append(self.turn_open[role] + msg["content"] + self.close(role, eos_token) + self.trailing)
         return "".join(parts) + self.turn_open["assistant"]
 
+    def jinja_for(self, tokenizer) -> str:
+        """The Jinja to save with ``tokenizer``: ``add_bos`` templates write BOS first unless the tokenizer itself
+        prepends it when encoding with special tokens (Llama's does: the template then stays as it was)."""
+        bos = getattr(tokenizer, "bos_token_id", None)
+        adds_bos = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+        return "{{ bos_token }}" + self.jinja if self.add_bos and bos is not None and not adds_bos else self.jinja
+
     def stop_tokens(self, eos_token: str) -> list[str]:
         """Tokens that end an assistant turn (generation stops at any of them)."""
         marker = self.close("assistant", eos_token)
@@ -76,8 +83,7 @@ TULU = ChatTemplate(
     trailing="\n",
     special_tokens=("<|system|>", "<|user|>", "<|assistant|>"),
     add_bos=True,
-    jinja=("{{ bos_token }}"
-           "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|assistant|>\\n' + m['content'] + "
+    jinja=("{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|assistant|>\\n' + m['content'] + "
            "eos_token + '\\n' }}{% else %}{{ '<|' + m['role'] + '|>\\n' + m['content'] + '\\n' }}{% endif %}"
            "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"),
 )

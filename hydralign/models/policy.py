@@ -50,7 +50,7 @@ def build_tokenizer(mcfg: Any, template: Optional[ChatTemplate]):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if template is not None:
-        tok.chat_template = template.jinja
+        tok.chat_template = template.jinja_for(tok)
     return tok
 
 
