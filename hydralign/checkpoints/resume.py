@@ -100,15 +100,22 @@ def checkpoint_meta(path: Path) -> Optional[dict]:
     return torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hydralign")
 
 
-def check_resumable(ckpt: Path, cfg: Any, strategy: str) -> Optional[dict]:
+def check_resumable(ckpt: Path, cfg: Any, strategy: str, world_size: Optional[int] = None) -> Optional[dict]:
     """Refuses, before anything is built, a checkpoint this config cannot continue: another model,
-    adapters, method, effective batch or seed (each differing key named with both values), or a sharded
-    checkpoint under a strategy that cannot read it. Returns the checkpoint's metadata."""
+    adapters, method, effective batch or seed (each differing key named with both values), a sharded
+    checkpoint under a strategy that cannot read it, or a DeepSpeed checkpoint under another number of ranks
+    (``world_size``). Returns the checkpoint's metadata."""
     if ckpt.is_dir():
         if not (ckpt / SHARDED_META).is_file():
             if strategy != "deepspeed":
                 raise ConfigError(f"resume: {ckpt} is a DeepSpeed checkpoint folder; continue it with "
                                   "hardware.strategy=deepspeed")
+            saved_ranks = len(list(ckpt.glob("*/zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+            if world_size is not None and saved_ranks and saved_ranks != world_size:
+                raise ConfigError(f"resume: {ckpt} holds DeepSpeed optimizer partitions of {saved_ranks} ranks and "
+                                  f"this run has {world_size}: resume it with {saved_ranks} processes (hydralign does "
+                                  "not convert DeepSpeed checkpoints to another world size), or start a new run "
+                                  "from its weights with init_from")
             return None
         if strategy != "fsdp":
             raise ConfigError(f"resume: {ckpt} is a sharded FSDP2 checkpoint (one part per rank); continue it "

@@ -10,7 +10,8 @@
                  no accelerator ever holds a whole model. Activation checkpointing is
                  ``model.gradient_checkpointing=true`` under every strategy: transformers (>= 5) checkpoints
                  each decoder layer's forward inside FSDP2's hooks, and drops the KV cache while it does.
-    deepspeed    ZeRO stage 1/2/3, GPUs only: the DeepSpeed config is generated from the plan
+    deepspeed    ZeRO stage 1/2/3, on GPUs or CPU processes (``distributed.deepspeed_cpu``: Lightning's strategy, which
+                 refuses CPU, with that refusal lifted): the DeepSpeed config is generated from the plan
                  (``deepspeed_config``: micro batch, clipping, precision, stage, offload), written to the run
                  folder and logged with the run. Lightning owns gradient accumulation, so the config never
                  holds ``gradient_accumulation_steps`` (Lightning sets it, and refuses a config that has it).
@@ -100,9 +101,14 @@ def build_strategy(plan: Any, cfg: Any):
         return ModelParallelStrategy(data_parallel_size=plan.world_size, tensor_parallel_size=1,
                                      save_distributed_checkpoint=True, process_group_backend=backend, **timeout)
     if plan.strategy == "deepspeed":
-        from lightning.pytorch.strategies import DeepSpeedStrategy
+        if cfg.hardware.accelerator == "cpu":
+            import os
 
-        return DeepSpeedStrategy(config=deepspeed_config(plan, cfg), process_group_backend=backend, **timeout)
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read by DeepSpeed when it is imported
+        from hydralign.distributed.deepspeed_cpu import deepspeed_strategy
+
+        return deepspeed_strategy(cfg.hardware.accelerator, config=deepspeed_config(plan, cfg),
+                                  process_group_backend=backend, **timeout)
     if plan.world_size == 1:
         return "auto"
     from lightning.pytorch.strategies import DDPStrategy

@@ -172,8 +172,8 @@ class PostTrainingModule(L.LightningModule):
         ocfg, scfg, plan = self.cfg.optimizer, self.cfg.schedule, self.plan
         decay, no_decay = [], []
         for _, p in self.model.named_parameters():
-            if p.requires_grad:
-                (decay if p.ndim >= 2 else no_decay).append(p)
+            if p.requires_grad:  # a ZeRO-3 partitioned parameter is an empty tensor: its shape is ds_shape
+                (decay if len(getattr(p, "ds_shape", p.shape)) >= 2 else no_decay).append(p)
         groups = [{"params": decay, "weight_decay": ocfg.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
         opt = build_optimizer(groups, ocfg, plan.lr)  # optimizer.name: adamw | adamw_fused | sgd | adafactor

@@ -20,7 +20,6 @@ def check_strategy(cfg: Any, held_frozen: tuple[str, ...] = (), zero3_fix: Optio
     method's own way not to hold them (its spec's), offered first when ZeRO-3 would."""
     strategy = setting(cfg, "hardware.strategy")
     precision = str(setting(cfg, "hardware.precision"))
-    accelerator = setting(cfg, "hardware.accelerator")
     stage = setting(cfg, "hardware.zero_stage")
     offload_optimizer = bool(setting(cfg, "hardware.zero_offload_optimizer"))
     offload_params = bool(setting(cfg, "hardware.zero_offload_params"))
@@ -51,10 +50,6 @@ def check_strategy(cfg: Any, held_frozen: tuple[str, ...] = (), zero3_fix: Optio
     elif strategy == "deepspeed":
         if stage not in ZERO_STAGES:
             raise ConfigError(f"hardware.strategy=deepspeed needs hardware.zero_stage=1, 2 or 3 (got {stage})")
-        if accelerator != "gpu":
-            raise ConfigError("hardware.strategy=deepspeed trains on CUDA GPUs only (Lightning's DeepSpeed strategy "
-                              "refuses CPU); here use hardware.strategy=fsdp (FSDP2 runs on CPU with gloo) or ddp, "
-                              "or add dry_run=true to print the plan only")
         if offload_params and stage != 3:
             raise ConfigError("hardware.zero_offload_params=true needs partitioned parameters, which only ZeRO-3 "
                               "has; set hardware.zero_stage=3 or hardware.zero_offload_params=false "

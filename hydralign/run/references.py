@@ -11,8 +11,14 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
-from hydralign.checkpoints.references import (REFERENCES, describe, forget, reference_of, remembered,
-                                              resolve_reference)
+from hydralign.checkpoints.references import (
+    REFERENCES,
+    describe,
+    forget,
+    reference_of,
+    remembered,
+    resolve_reference,
+)
 from hydralign.checkpoints.resume import check_newest, check_resumable, resolve_resume
 from hydralign.config.read import setting
 from hydralign.distributed.one_answer import from_rank_zero, join_process_group
@@ -73,7 +79,7 @@ def check_resume(refs: References, cfg: DictConfig, plan: Plan) -> None:
     """A resumed run with another model, effective batch, ...: refused with the keys that differ."""
     if refs.ckpt_path is not None:
         check_newest(refs.ckpt_path, refs.run_dir, str(refs.resume))
-        check_resumable(refs.ckpt_path, cfg, plan.strategy)
+        check_resumable(refs.ckpt_path, cfg, plan.strategy, plan.world_size)
 
 
 def resolve_lineage(cfg: DictConfig) -> dict[str, Any]:

@@ -66,6 +66,11 @@ def test_sharded_checkpoints_need_a_strategy_that_reads_them(tmp_path):
     (zero / "checkpoint").mkdir(parents=True)
     with pytest.raises(ConfigError, match="hardware.strategy=deepspeed"):
         check_resumable(zero, cfg, "fsdp")
+    for rank in (0, 1):  # written by 2 ranks: continued by 2, refused to 1
+        (zero / "checkpoint" / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt").write_bytes(b"")
+    assert check_resumable(zero, cfg, "deepspeed", world_size=2) is None
+    with pytest.raises(ConfigError, match="optimizer partitions of 2 ranks and this run has 1: resume it with 2"):
+        check_resumable(zero, cfg, "deepspeed", world_size=1)
 
 
 def test_loop_counters_keep_where_the_checkpoint_was_written():
