@@ -3,7 +3,8 @@ OUT_DIR override ...``. Rank 0 writes ``OUT_DIR/curve.json``: ``{"train": {step:
 "val": {step: val/loss}, "seconds": fit wall time, "step_seconds": [wall time of each optimizer step],
 "steps": optimizer steps, "sharded": names of the FSDP2-sharded models}``. Run from the repository root.
 ``CURVE_STOP_AT_STEP=N`` in the environment stops the run cleanly after step N (its checkpoint then holds
-step N), so another run can resume it."""
+step N), so another run can resume it; ``CURVE_SIGKILL_AT_STEP=N`` kills every rank with SIGKILL in the middle of
+step N + 1 (after its first micro-batch)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,13 @@ class Curve(L.Callback):
 
         if trainer.global_step == int(os.environ.get("CURVE_STOP_AT_STEP", "0")):
             trainer.should_stop = True
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        kill_at = int(os.environ.get("CURVE_SIGKILL_AT_STEP", "0"))
+        if kill_at and trainer.global_step == kill_at and batch_idx % trainer.accumulate_grad_batches == 1:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)  # inside step kill_at + 1's accumulation, no cleanup
 
     def on_validation_end(self, trainer, module) -> None:
         self.val[trainer.global_step] = float(trainer.callback_metrics["val/loss"])
