@@ -4,11 +4,11 @@ curve (1e-5), and a run stopped at a checkpoint and resumed (same world size) go
 
 from __future__ import annotations
 
-import pytest
-
 import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.multiprocess.test_fsdp_cpu import COMMON, REPO, _assert_same_curves, _curve
 
