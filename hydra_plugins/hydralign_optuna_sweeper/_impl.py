@@ -22,6 +22,7 @@ from hydra_plugins.hydralign_optuna_sweeper._outcome import TrialsFailed, failur
 from hydra_plugins.hydralign_optuna_sweeper._samplers import build_sampler, sampler_spec
 from hydra_plugins.hydralign_optuna_sweeper._space import SearchSpace, override_value
 from hydralign.secrets import STORAGE_ENV, has_password, redact
+from hydralign.sweep.parent_run import share_parent
 from hydralign.sweep.study import DEFAULT_STORAGE_DIR, STUDY_FILE, make_pruner, make_storage, write_study_file
 
 log = logging.getLogger(__name__)
@@ -89,15 +90,21 @@ class OptunaSweeperImpl(Sweeper):
         storage_url = self.storage or str(DEFAULT_STORAGE_DIR / f"{name}.journal")
         if "://" not in storage_url:
             storage_url = str(Path(storage_url).expanduser().resolve())
-        study = optuna.create_study(study_name=name, storage=make_storage(storage_url), sampler=sampler,
-                                    pruner=make_pruner(self.pruner_name, self.pruner_kwargs),
-                                    directions=self.directions, load_if_exists=True)
+        storage, pruner = make_storage(storage_url), make_pruner(self.pruner_name, self.pruner_kwargs)
+        try:  # the storage's unique study name tells, atomically, which sweeper made the study
+            study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                        directions=self.directions)
+            created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+            created = False
         found = [d.name.lower() for d in study.directions]
         if found != self.directions:
             raise ValueError(f"study {name} in {redact(storage_url)} optimizes {found}, not hydra.sweeper.direction="
                              f"{self.directions}: give another hydra.sweeper.study_name for a new study")
         # Other sweepers may be running trials of this study: only those whose sweeper stopped beating are failed.
         fail_stale(study, self.grace_period, self.retry_failed_trials)
+        share_parent(study, created, self.config)  # one MLflow parent run per study, whichever sweepers run it
         return study, name, storage_url
 
     def _trial_overrides(self, trial: optuna.trial.Trial, space: SearchSpace) -> list[str]:

@@ -101,3 +101,44 @@ class SweepTracking(Callback):
                 retry_locked(client.set_tag, parent_id, "pareto_front", json.dumps(front)[:5000])
                 retry_locked(client.log_metric, parent_id, "pareto_size", float(len(front)))
         retry_locked(client.set_terminated, parent_id, "FINISHED")
+
+
+PARENT_ATTR = "hydralign:mlflow_parent_run_id"  # a study user attribute: the study's MLflow parent run
+
+
+def share_parent(study: Any, created: bool, config: DictConfig, wait_s: float = 60.0) -> None:
+    """One MLflow parent run per Optuna study, however many sweepers run it (the same command on several nodes).
+    Each sweeper's ``on_multirun_start`` made a parent of its own; the sweeper that created the study (the storage
+    makes that atomic: a study name is unique) records its parent in the study, and every other sweeper waits for
+    that record, deletes its own (still childless) parent and sends its jobs to the study's. A sweeper that later
+    continues the study does the same. The parent's status follows the last sweeper to end."""
+    import time
+
+    own = os.environ.get(PARENT_ENV)
+    if not own or not _tracked(config):
+        return
+    shared = None if created else study.user_attrs.get(PARENT_ATTR)
+    deadline = time.time() + wait_s
+    while shared is None and not created and time.time() < deadline:  # its creator records it right after
+        time.sleep(0.5)
+        shared = study.user_attrs.get(PARENT_ATTR)
+    if shared is None or shared == own:
+        study.set_user_attr(PARENT_ATTR, own)  # a study made before this record existed: this parent is its own
+        return
+    from mlflow.tracking import MlflowClient
+
+    from hydralign.tracking.store import retry_locked, tracking_uri
+
+    client = MlflowClient(tracking_uri=tracking_uri(config.logger.tracking_uri))
+    parent = retry_locked(client.get_run, shared)
+    retry_locked(client.delete_run, own)
+    os.environ[PARENT_ENV] = shared
+    os.environ[SWEEP_ID_ENV] = parent.data.tags.get("sweep_id", os.environ.get(SWEEP_ID_ENV, ""))
+    retry_locked(client.update_run, shared, "RUNNING")  # a later sweeper continuing a finished study
+    sweep_file = Path(config.hydra.sweep.dir).resolve() / SWEEP_FILE
+    if sweep_file.is_file():
+        record = json.loads(sweep_file.read_text())
+        record.update(parent_run_id=shared, sweep_id=os.environ[SWEEP_ID_ENV])
+        sweep_file.write_text(json.dumps(record, indent=2))
+    print(f"hydralign: study {study.study_name} already has its MLflow parent run {shared}: this sweeper's "
+          "trials are its children too", flush=True)

@@ -15,12 +15,12 @@ import pytest
 
 pytestmark = pytest.mark.slow
 State = optuna.trial.TrialState
-JOB = ["logger=none", "data.arithmetic.num_train=256", "data.arithmetic.num_val=16", "eval.num_generate=0",
+JOB = ["data.arithmetic.num_train=256", "data.arithmetic.num_val=16", "eval.num_generate=0",
        "eval.at_start=false", "checkpoint.export_hf=false", "checkpoint.save_last=false", "checkpoint.monitor=val/loss",
        "checkpoint.mode=min", "optimized_metric=val/loss", "trainer.enable_progress_bar=false"]
 
 
-def _sweeper(tmp, journal, seed: int, trials: int, steps: int, extra=()) -> subprocess.Popen:
+def _sweeper(tmp, journal, seed: int, trials: int, steps: int, extra=("logger=none",)) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "hydralign", "-m", "hydra/sweeper=optuna", "hydra/sweeper/sampler=random",
            f"hydra.sweeper.sampler.seed={seed}", "hydra.sweeper.n_jobs=1", f"hydra.sweeper.n_trials={trials}",
            f"hydra.sweeper.storage={journal}", "hydra.sweeper.study_name=shared", "hydra.sweeper.direction=minimize",
@@ -64,16 +64,29 @@ def storage(request, tmp_path):
 
 
 def test_two_sweepers_share_one_study(tmp_path, storage):
-    """The second starts while the first runs a trial (the old sweeper failed every RUNNING trial it found)."""
-    first = _sweeper(tmp_path, storage, 1, 6, 4)
+    """The second starts while the first runs a trial (the old sweeper failed every RUNNING trial it found). Every
+    trial is a child of the study's one MLflow parent run (the second sweeper's own parent is deleted)."""
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    tracked = ("logger=mlflow", f"logger.tracking_uri={store}")
+    first = _sweeper(tmp_path, storage, 1, 6, 4, tracked)
     _until_running(storage)
     time.sleep(2)
-    second = _sweeper(tmp_path, storage, 2, 6, 4)
+    second = _sweeper(tmp_path, storage, 2, 6, 4, tracked)
     outs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert first.returncode == 0 and second.returncode == 0, outs[0][-2000:] + outs[1][-2000:]
     trials = _study(storage).get_trials(deepcopy=False)
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 6, [(t.number, t.state.name) for t in trials]
     assert all("no heartbeat" not in out for out in outs)
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("hydralign").experiment_id])  # deleted ones left out
+    parents = [r for r in runs if r.data.tags.get("is_sweep_parent") == "true"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 6, [(r.info.run_name, r.data.tags.get("mlflow.parentRunId"))
+                                                       for r in runs]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert _study(storage).user_attrs["hydralign:mlflow_parent_run_id"] == parents[0].info.run_id
 
 
 def test_a_killed_sweepers_trial_fails_after_the_grace_period_and_runs_again(tmp_path):

@@ -69,19 +69,21 @@ def test_optuna_study_runs_prunes_and_continues(optuna_sweep):
 
 
 def test_optuna_sweep_in_mlflow(optuna_sweep):
-    _, (_, dir1), _ = optuna_sweep
+    """The study's one parent run: the second command, which continued the study, sent its 2 trials there too."""
+    _, (_, dir1), (_, dir2) = optuna_sweep
     client, info, runs = children(dir1)
+    assert json.loads((dir2 / "sweep.json").read_text())["parent_run_id"] == info["parent_run_id"]
     parent = client.get_run(info["parent_run_id"])
     assert parent.data.tags["sweeper"] == "OptunaSweeper" and parent.info.status == "FINISHED"
     assert "interval(1e-4, 1e-2)" in parent.data.tags["search_space"]
     assert parent.data.tags["command_line"].startswith("python -m hydralign")
     assert "optimization_results.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert len(runs) == 6
-    assert sorted(int(r.data.tags["trial_number"]) for r in runs) == list(range(6))
+    assert len(runs) == 8
+    assert sorted(int(r.data.tags["trial_number"]) for r in runs) == list(range(8))
     for r in runs:  # named by trial and sampled value, not MLflow's random names
         assert r.info.run_name.startswith(f"trial {r.data.tags['trial_number']}: lr=")
         assert r.data.tags["overrides"].startswith("lr=")
-    assert len({r.info.run_name for r in runs}) == 6
+    assert len({r.info.run_name for r in runs}) == 8
     for r in runs:
         assert r.data.tags["sweep_id"] == info["sweep_id"]
         state = r.data.tags["trial_state"]
