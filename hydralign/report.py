@@ -2,10 +2,14 @@
 
 One row per cell (the overrides that differ between runs; seeds pooled): mean +- std of the chosen
 metrics over finished runs, the step of the best validation score, run ids, failed and pruned
-counts. Writes ``report.csv``, ``curves.png`` (one curve per cell: the mean over seeds, and their
-spread as a band; ``--x examples|tokens`` draws it against examples or tokens seen instead of
+counts. The metrics speak the method's language: ``--metrics`` given, then each method's own (its spec's
+``report_metrics``: DPO's reward accuracies and margins, GRPO's rewards, distillation's NLL), then every ``eval/*``
+(lm-eval) metric the runs logged. Writes ``report.csv``, ``curves.png`` (one curve per cell: the mean over seeds, and
+their spread as a band; ``--x examples|tokens`` draws it against examples or tokens seen instead of
 optimizer steps, into ``curves_vs_<x>.png``) and
-``<metric>_vs_<param>.png`` for numeric parameters, then prints the MLflow UI command.
+``<metric>_vs_<param>.png`` for numeric parameters. An evaluation sweep (``python -m hydralign.evaluate -m
+init_from=...``) gets one row per checkpoint and ``<metric>_vs_checkpoint_step.png`` for each ``eval/*`` metric.
+Ends with the MLflow UI command and its compare-runs link for the sweep's children.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from hydralign.harness.metrics import ENTRY_TAG, SOURCE_STEP_TAG
+
 # Params that never define a cell: seeds are pooled; the rest is bookkeeping or derived by the plan.
 POOLED = {"seed", "run_dir", "resume", "init_from", "method.teacher_from", "grad_accum", "micro_batch", "total_steps", "warmup_steps",
           "max_tokens_per_step", "effective_batch", "world_size"}
@@ -34,6 +40,8 @@ class RunRow:
     state: str  # COMPLETE | PRUNED | FAIL | ?
     params: dict[str, str]
     metrics: dict[str, float]
+    tags: dict[str, str] = field(default_factory=dict)
+    experiment_id: str = ""
 
 
 @dataclass
@@ -46,7 +54,7 @@ class Cell:
         return [r for r in self.runs if r.state == "COMPLETE" or (r.state == "?" and r.status == "FINISHED")]
 
 
-def differing_params(runs: list[RunRow]) -> list[str]:
+def differing_params(runs: list[RunRow], unpooled: frozenset[str] = frozenset()) -> list[str]:
     """The params that split the runs into cells. A param that splits them exactly as an earlier one does
     adds nothing (an interpolated twin such as optimizer.lr = lr, or what a cell's config changes besides
     its method); the method and the sweep's named refs come first, then shallow keys before nested ones."""
@@ -54,7 +62,7 @@ def differing_params(runs: list[RunRow]) -> list[str]:
                   key=lambda k: (k != "method.name" and not k.startswith("refs."), k.count("."), k))
     out, seen = [], set()
     for k in keys:
-        if k in POOLED or k.startswith(POOLED_PREFIXES):
+        if (k in POOLED or k.startswith(POOLED_PREFIXES)) and k not in unpooled:
             continue
         column = [r.params.get(k) for r in runs]
         first = {v: i for i, v in reversed(list(enumerate(column)))}
@@ -66,12 +74,81 @@ def differing_params(runs: list[RunRow]) -> list[str]:
 
 
 def group_cells(runs: list[RunRow]) -> tuple[list[str], list[Cell]]:
-    keys = differing_params(runs)
+    """An evaluation sweep's runs differ in the checkpoint they evaluated (``init_from``): one cell each."""
+    keys = differing_params(runs, frozenset({"init_from"}) if evaluations(runs) else frozenset())
     cells: dict[tuple, Cell] = {}
     for r in runs:
         key = tuple((k, r.params.get(k, "")) for k in keys)
         cells.setdefault(key, Cell(key)).runs.append(r)
     return keys, sorted(cells.values(), key=lambda c: [_sortable(v) for _, v in c.key])
+
+
+def evaluations(runs: list[RunRow]) -> bool:
+    """The runs of ``python -m hydralign.evaluate`` (checkpoints evaluated, nothing trained)."""
+    return bool(runs) and all(r.tags.get(ENTRY_TAG) == "evaluate" for r in runs)
+
+
+def metric_columns(runs: list[RunRow], given: list[str]) -> list[str]:
+    """``given`` (``--metrics``), then the metrics each method of the runs is compared by (its spec's
+    ``report_metrics``, in the methods' order), then every ``eval/*`` metric logged; the default spec's when none."""
+    from hydralign.methods.spec import REPORT_METRICS
+    from hydralign.methods.specs import METHODS
+
+    used = {r.tags.get("method") or r.params.get("method.name") for r in runs} - {None, ""}
+    columns = list(given)
+    for spec in [s for n, s in METHODS.items() if n in used]:
+        columns += spec.report_metrics
+    columns += sorted({k for r in runs for k in r.metrics if k.startswith("eval/")})
+    columns = columns or list(REPORT_METRICS)
+    return list(dict.fromkeys(columns))
+
+
+def compare_url(ui: str, runs: list[RunRow]) -> str:
+    """MLflow's compare-runs page for the runs (its UI's own route: ``#/compare-runs?runs=[...]&experiments=[...]``,
+    lists as JSON), where parameters are drawn against metrics."""
+    ids = json.dumps([r.run_id for r in runs], separators=(",", ":"))
+    experiments = json.dumps(sorted({r.experiment_id for r in runs}), separators=(",", ":"))
+    return f"{ui.rstrip('/')}/#/compare-runs?runs={ids}&experiments={experiments}"
+
+
+def checkpoint_points(runs: list[RunRow], metric: str) -> dict[str, list[tuple[int, float]]]:
+    """An evaluation sweep's ``metric`` per source run (its MLflow id, or the model's path), against the step of the
+    checkpoint evaluated, sorted by step."""
+    points: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for r in runs:
+        if metric in r.metrics and SOURCE_STEP_TAG in r.tags:
+            source = r.tags.get("lineage.source_run_id") or r.tags.get("lineage.path", "model")
+            points[source].append((int(r.tags[SOURCE_STEP_TAG]), r.metrics[metric]))
+    return {k: sorted(v) for k, v in sorted(points.items())}
+
+
+def plot_checkpoints(out_dir: Path, runs: list[RunRow], metrics: list[str]) -> list[Path]:
+    """``<metric>_vs_checkpoint_step.png`` for each ``eval/*`` metric: one line per source run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for metric in [m for m in metrics if m.startswith("eval/")]:
+        points = checkpoint_points(runs, metric)
+        if not points:
+            continue
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for source, xy in points.items():
+            ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=f"run {source[:8]}")
+        ax.set_xlabel("optimizer step of the checkpoint evaluated")
+        ax.set_ylabel(metric)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        path = out_dir / f"{metric.replace('/', '_')}_vs_checkpoint_step.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+        shown = "; ".join(f"run {s[:8]}: " + ", ".join(f"step {x} {y:.4g}" for x, y in xy) for s, xy in points.items())
+        print(f"{metric} by checkpoint: {shown}")
+    return written
 
 
 def _sortable(v: str):
@@ -137,21 +214,30 @@ def resolve(target: str, tracking_uri: Optional[str]) -> tuple[str, str, Path]:
     return default_uri(tracking_uri), target, Path("outputs") / "reports" / target
 
 
-def fetch(uri: str, parent_id: str, metric_keys: list[str]) -> tuple[list[RunRow], dict[str, list]]:
+def fetch_histories(uri: str, runs: list[RunRow], metric_keys: list[str]) -> dict[tuple[str, str], list]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    histories = {}
+    for r in runs:
+        for key in metric_keys:
+            hist = sorted(client.get_metric_history(r.run_id, key), key=lambda m: m.step)
+            histories[(r.run_id, key)] = [(m.step, m.value) for m in hist]
+    return histories
+
+
+def fetch(uri: str, parent_id: str, metric_keys: list[str]) -> tuple[list[RunRow], dict[tuple[str, str], list]]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     parent = client.get_run(parent_id)
     found = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
                                max_results=50000)
-    runs, histories = [], {}
+    runs = []
     for r in found:
         runs.append(RunRow(r.info.run_id, r.info.status, r.data.tags.get("trial_state", "?"), dict(r.data.params),
-                           dict(r.data.metrics)))
-        for key in metric_keys:
-            hist = sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)
-            histories[(r.info.run_id, key)] = [(m.step, m.value) for m in hist]
-    return runs, histories
+                           dict(r.data.metrics), dict(r.data.tags), r.info.experiment_id))
+    return runs, fetch_histories(uri, runs, metric_keys)
 
 
 X_AXES = {"step": "optimizer step", "examples": "examples seen (step x effective batch)",
@@ -244,24 +330,27 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hydralign.report", description=__doc__.split("\n\n")[0])
     ap.add_argument("target", help="a sweep folder (outputs/multiruns/...) or an MLflow parent run id")
     ap.add_argument("--tracking-uri", default=None, help="MLflow store (default: the sweep's, or outputs/mlflow.db)")
-    ap.add_argument("--metrics", default="val/exact_match,val/exact_match_flex,val/loss",
-                    help="comma-separated final metrics to compare")
+    ap.add_argument("--metrics", default="",
+                    help="comma-separated final metrics to compare, before the method's own and the eval/* ones")
     ap.add_argument("--curve", default="val/loss", help="metric drawn per cell in curves.png")
     ap.add_argument("--x", default="step", choices=sorted(X_AXES),
                     help="x axis of the curves: optimizer steps, examples seen or tokens seen (compare cells "
                          "with different effective batches per example or token, not per step)")
     ap.add_argument("--minimize", action="store_true", help="the first metric is better when lower")
     ap.add_argument("--out", default=None, help="folder for report.csv and the plots (default: the sweep folder)")
+    ap.add_argument("--ui-url", default="http://127.0.0.1:5000", help="the MLflow UI, for the compare-runs link")
     args = ap.parse_args(argv)
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    given = [m.strip() for m in args.metrics.split(",") if m.strip()]
     uri, parent_id, out_dir = resolve(args.target, args.tracking_uri)
     out_dir = Path(args.out) if args.out else out_dir
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs, histories = fetch(uri, parent_id, sorted({metrics[0], args.curve} | ({TOKENS_KEY} if args.x == "tokens"
-                                                                               else set())))
+    runs, _ = fetch(uri, parent_id, [])
     if not runs:
         print(f"no child runs under parent run {parent_id} in {uri}", file=sys.stderr)
         return 1
+    metrics = metric_columns(runs, given)
+    histories = fetch_histories(uri, runs, sorted({metrics[0], args.curve} | ({TOKENS_KEY} if args.x == "tokens"
+                                                                              else set())))
     keys, cells = group_cells(runs)
     maximize = not args.minimize
     best = {}
@@ -288,10 +377,13 @@ def main(argv: Optional[list[str]] = None) -> int:
               file=sys.stderr)
         return 2
     written = [csv_path] + plot(out_dir, keys, cells, histories, args.curve, metrics[0], args.x)
+    if evaluations(runs):
+        written += plot_checkpoints(out_dir, runs, metrics)
     print("wrote: " + ", ".join(str(p) for p in written))
     store = uri.split("?")[0]
     print(f"side by side in the MLflow UI:\n  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000\n"
-          f"  then open http://127.0.0.1:5000 and expand parent run {parent_id}")
+          f"  then open {args.ui_url} and expand parent run {parent_id}, or compare its {len(runs)} runs (parameters "
+          f"against metrics):\n  {compare_url(args.ui_url, runs)}")
     return 0
 
 

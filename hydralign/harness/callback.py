@@ -9,7 +9,9 @@ Each evaluation, on global rank 0:
 - lm-eval's results JSON into ``<run_dir>/harness/stepNNNNNN.json``, logged as the MLflow artifact
   ``harness/stepNNNNNN.json``; lm-eval's version and each task's sample count as params (once);
 - the metrics into ``checkpoints/index.json`` at that step, beside the validation's, so
-  ``init_from=<run>:best=eval/<task>/<metric>,max`` picks among the checkpoints by them.
+  ``init_from=<run>:best=eval/<task>/<metric>,max`` picks among the checkpoints by them;
+- the newest metrics kept (``latest``): ``run.fit`` returns them with the run's metrics (``metrics.json``, a sweep's
+  ``optimized_metric=eval/<task>/<metric>``).
 
 Several ranks: rank 0 evaluates the whole model while the others wait at a barrier (so the numbers are one
 process's). DDP: every rank already holds it. FSDP2: the shards are gathered into a plain CPU copy on rank 0
@@ -37,6 +39,7 @@ class HarnessEvaluation(Callback):
         self.settings, self.run_dir, self.plan, self.cfg = settings, Path(run_dir), plan, cfg
         self.manager: Optional[Any] = None  # lm-eval's TaskManager, made once (rank 0)
         self.evaluated: dict[int, dict[str, float]] = {}  # optimizer step -> its metrics (rank 0)
+        self.latest: dict[str, float] = {}  # the newest evaluation's metrics, for the run's returned metrics (rank 0)
         self._done: set[int] = set()  # steps evaluated, on every rank
         self._params_logged = False
 
@@ -81,6 +84,7 @@ class HarnessEvaluation(Callback):
     def _record(self, trainer, step: int, results: dict, seconds: float) -> dict[str, float]:
         metrics = flatten_results(results)
         self.evaluated[step] = metrics
+        self.latest = dict(metrics)  # Lightning's callback_metrics never hold these (logged to the loggers)
         out = self.run_dir / "harness" / f"step{step:06d}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".tmp")

@@ -13,6 +13,9 @@ import re
 from typing import Any
 
 PREFIX = "eval"
+# Tags of the MLflow runs ``python -m hydralign.evaluate`` makes (hydralign.harness.standalone), read by the report.
+ENTRY_TAG = "entry"  # "evaluate": a checkpoint evaluated, nothing trained
+SOURCE_STEP_TAG = "source_step"  # the optimizer step of the weights evaluated
 _REFUSED = re.compile(r"[^A-Za-z0-9_\-. /]")  # MLflow allows these (and ':', which Lightning's logger strips)
 
 

@@ -10,6 +10,8 @@ from typing import Any, Optional
 
 DATA_KINDS = ("sft", "preference", "prompts", "unpaired")
 UNITS = ("tokens", "pairs", "sequences", "completions")
+# What a method's runs are compared by, unless its spec says otherwise: the embedded task's greedy scores and val loss.
+REPORT_METRICS = ("val/exact_match", "val/exact_match_flex", "val/loss")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,9 @@ class MethodSpec:
     starts_from_trained: bool = False  # normally starts from an SFT run (a note when it starts from random init)
     # The overrides that stop ZeRO-3 from holding this method's frozen models whole on every GPU.
     zero3_fix: Optional[str] = None
+    # The metrics ``python -m hydralign.report`` shows for this method's runs, first = what "best" means there
+    # (names as the method module logs them: ``val/<name>`` from validation, bare names from training steps).
+    report_metrics: tuple[str, ...] = REPORT_METRICS
 
     def frozen_models(self, cfg: Any) -> tuple[str, ...]:
         return self.frozen(cfg) if self.frozen else ()

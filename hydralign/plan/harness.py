@@ -52,3 +52,21 @@ def _check_numbers(cfg: Any) -> None:
     if limit is not None and (float(limit) <= 0 or (float(limit) > 1 and float(limit) != int(limit))):
         raise ConfigError(f"eval.harness.limit={limit} must be a count of examples per task (an integer >= 1), a "
                           "fraction in (0, 1), or null for all")
+
+
+def check_evaluation(cfg: Any) -> tuple[str, tuple[str, ...]]:
+    """``python -m hydralign.evaluate``'s config, checked before anything loads: (the checkpoint reference, the
+    tasks). It needs ``init_from`` and ``eval.harness.tasks``; ``eval.harness.every`` (a training cadence) is not
+    read; the other ``eval.harness.*`` settings are checked as for training."""
+    reference = setting(cfg, "init_from")
+    if not reference or not str(reference).strip():
+        raise ConfigError("init_from is not set: python -m hydralign.evaluate evaluates a checkpoint; give "
+                          "init_from=<run folder>:step=N (or :last, :best, :best=<metric>,<min|max>), "
+                          "init_from=runs:/<mlflow run id>[:selector] or init_from=<Hugging Face model directory>")
+    tasks = tuple(setting(cfg, "eval.harness.tasks") or ())
+    if not tasks:
+        raise ConfigError("eval.harness.tasks is empty: give the lm-eval tasks to run, e.g. eval.harness.tasks="
+                          "[hydralign_arithmetic] (ships with hydralign) or eval.harness.tasks=[gsm8k] (with "
+                          "eval.harness.include_path=[<folder of task YAMLs>] for local data)")
+    check_harness(cfg)
+    return str(reference), tasks

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Optional
 
 from hydralign.checkpoints.saving import RollingCheckpoints
+from hydralign.harness.callback import HarnessEvaluation
 from hydralign.run.build import Built
 
 
 def fit(built: Built, ckpt_path: Optional[Path], validate_first: bool, save_last: bool, monitor: str
         ) -> tuple[dict[str, float], Optional[int]]:
-    """(metrics: ``val/*`` of the last validation, the method's own, ``best/<monitor>``, ``train/steps``; the step
-    a sweep's pruner stopped the run at, or None)."""
+    """(metrics: ``val/*`` of the last validation, the method's own, ``best/<monitor>``, ``train/steps``, lm-eval's
+    ``eval/*`` of the newest harness evaluation; the step a sweep's pruner stopped the run at, or None)."""
     trainer, module, data = built.trainer, built.module, built.data
     if validate_first and ckpt_path is None:
         trainer.validate(module, datamodule=data, verbose=False)
@@ -27,5 +28,7 @@ def fit(built: Built, ckpt_path: Optional[Path], validate_first: bool, save_last
     metrics["train/steps"] = float(trainer.global_step)
     rolling = next((c for c in built.checkpoints if isinstance(c, RollingCheckpoints)), None)
     if rolling is not None and save_last:  # the final state, if the cadence missed it
-        rolling.save(trainer)
+        rolling.save(trainer)  # (eval.harness.every=checkpoint evaluates it here)
+    for harness in (c for c in trainer.callbacks if isinstance(c, HarnessEvaluation)):
+        metrics.update(harness.latest)  # logged to the loggers directly: never in callback_metrics
     return metrics, pruned_at

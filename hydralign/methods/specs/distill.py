@@ -91,4 +91,5 @@ SPEC = MethodSpec("distill", DistillConfig, data_kind="sft", unit="tokens",
                   module="hydralign.methods.distill:DistillModule", order=3, frozen=_frozen,
                   held=lambda cfg: () if _m(cfg, "loss") == "seqkd" else ("teacher",), check=_check,
                   zero3_fix="method.loss=seqkd (the teacher's answers generated once and cached; no teacher held "
-                            "while training)")
+                            "while training)",
+                  report_metrics=("distill/nll", "val/distill/nll", "val/loss"))

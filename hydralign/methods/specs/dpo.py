@@ -81,4 +81,5 @@ SPEC = MethodSpec("dpo", DPOConfig, data_kind="preference", unit="pairs", module
                   frozen=lambda cfg: reference_described(cfg) if needs_reference(cfg) else (),
                   held=lambda cfg: reference_held(cfg) if needs_reference(cfg) else (),
                   check=_check, packing=True, chunked_loss=True, starts_from_trained=True,
-                  zero3_fix=REFERENCE_ZERO3_FIX)
+                  zero3_fix=REFERENCE_ZERO3_FIX,
+                  report_metrics=("val/rewards/accuracies", "val/rewards/margins", "val/loss"))

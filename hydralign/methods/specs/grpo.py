@@ -96,4 +96,5 @@ def _check(cfg: Any) -> None:
 
 SPEC = MethodSpec("grpo", GRPOConfig, data_kind="prompts", unit="sequences", module="hydralign.methods.grpo:GRPOModule",
                   order=2, frozen=_frozen, held=_held, check=_check, starts_from_trained=True,
-                  zero3_fix="peft=lora (the reference is the policy with adapters off), or method.beta=0 (no reference)")
+                  zero3_fix="peft=lora (the reference is the policy with adapters off), or method.beta=0 (no reference)",
+                  report_metrics=("rewards/mean", "accuracy", "val/exact_match"))  # rollouts: logged per step

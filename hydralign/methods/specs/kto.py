@@ -42,4 +42,5 @@ def _check(cfg: Any) -> None:
 
 SPEC = MethodSpec("kto", KTOConfig, data_kind="unpaired", unit="completions", module="hydralign.methods.kto:KTOModule",
                   order=5, sequences_per_example=2, examples_per_record=2, frozen=reference_described, held=reference_held, check=_check,
-                  starts_from_trained=True, zero3_fix=REFERENCE_ZERO3_FIX)
+                  starts_from_trained=True, zero3_fix=REFERENCE_ZERO3_FIX,
+                  report_metrics=("val/rewards/margins", "val/kl", "val/loss"))

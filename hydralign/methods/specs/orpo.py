@@ -29,4 +29,5 @@ def _check(cfg: Any) -> None:
 
 
 SPEC = MethodSpec("orpo", ORPOConfig, data_kind="preference", unit="pairs", module="hydralign.methods.orpo:ORPOModule",
-                  order=4, sequences_per_example=2, check=_check, packing=True, chunked_loss=True)
+                  order=4, sequences_per_example=2, check=_check, packing=True, chunked_loss=True,
+                  report_metrics=("val/rewards/accuracies", "val/rewards/margins", "val/loss"))
