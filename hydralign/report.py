@@ -75,11 +75,14 @@ def differing_params(runs: list[RunRow], unpooled: frozenset[str] = frozenset())
 
 def group_cells(runs: list[RunRow]) -> tuple[list[str], list[Cell]]:
     """An evaluation sweep's runs differ in the checkpoint they evaluated (``init_from``): one cell each."""
-    keys = differing_params(runs, frozenset({"init_from"}) if evaluations(runs) else frozenset())
+    evaluated = evaluations(runs)
+    keys = differing_params(runs, frozenset({"init_from"}) if evaluated else frozenset())
     cells: dict[tuple, Cell] = {}
     for r in runs:
         key = tuple((k, r.params.get(k, "")) for k in keys)
         cells.setdefault(key, Cell(key)).runs.append(r)
+    if evaluated:  # by the step of the checkpoint evaluated
+        return keys, sorted(cells.values(), key=lambda c: min(int(r.tags.get(SOURCE_STEP_TAG, 0)) for r in c.runs))
     return keys, sorted(cells.values(), key=lambda c: [_sortable(v) for _, v in c.key])
 
 
@@ -376,9 +379,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"these runs did not log {TOKENS_KEY} (runs before it existed): use --x examples or --x step",
               file=sys.stderr)
         return 2
-    written = [csv_path] + plot(out_dir, keys, cells, histories, args.curve, metrics[0], args.x)
-    if evaluations(runs):
-        written += plot_checkpoints(out_dir, runs, metrics)
+    if evaluations(runs):  # no training curves: each metric against the checkpoint's step
+        written = [csv_path] + plot_checkpoints(out_dir, runs, metrics)
+    else:
+        written = [csv_path] + plot(out_dir, keys, cells, histories, args.curve, metrics[0], args.x)
     print("wrote: " + ", ".join(str(p) for p in written))
     store = uri.split("?")[0]
     print(f"side by side in the MLflow UI:\n  mlflow ui --backend-store-uri {store} --host 127.0.0.1 --port 5000\n"

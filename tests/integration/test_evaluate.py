@@ -111,6 +111,8 @@ def test_an_evaluate_sweep_is_one_parent_with_a_child_per_checkpoint_and_its_rep
     assert points[list(points)[0]] == [(s, in_training(src, s)["eval/sums_mc/acc"]) for s in (2, 4, 6)]
     lines = (sweep / "report.csv").read_text().splitlines()
     assert lines[0].startswith("init_from,eval/hydralign_arithmetic/exact_match mean") and len(lines) == 4
+    assert [line.split(",")[0] for line in lines[1:]] == refs  # one row per checkpoint, by its step
+    assert not (sweep / "curves.png").exists()  # nothing was trained: no training curves
 
 
 @pytest.mark.parametrize("args, message", [
