@@ -1,7 +1,7 @@
 """The early-vs-final grid end to end at tiny scale: an SFT run whose checkpoints are indexed, then
 ``+sweeps=sft_ckpt_early_vs_final`` as one command (here 2 cells x 1 seed: distillation from the SFT run's
 :best and from its :last checkpoint), each job tagged with the checkpoint it started from, and the report
-with one row per cell."""
+with one row per cell; every student (and each SFT checkpoint) also scored downstream through lm-eval."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from tests.helpers import REPO
 pytestmark = pytest.mark.slow
 
 SMALL = ["data.arithmetic.num_val=32", "eval.num_generate=8", "eval.max_new_tokens=4",
-         "trainer.enable_progress_bar=false"]
+         "trainer.enable_progress_bar=false", "eval.harness.limit=16"]  # lm-eval: 16 of the 200 held-out sums
+EVAL = "eval/hydralign_arithmetic_teacher/exact_match"  # the sweep's (and the SFT card's) downstream metric
 
 
 def _cli(args: list[str], cwd) -> subprocess.CompletedProcess:
@@ -50,11 +51,20 @@ def test_early_vs_final_sweep_runs_and_reports(tmp_path):
     assert tags["last"]["lineage.teacher.step"] == "30"  # the final checkpoint of the 30-step SFT run
     assert tags["best"]["lineage.teacher.metric"] == "val/loss"
     assert tags["best"]["lineage.teacher.source_run_id"] == (sft / "mlflow_run_id").read_text()
+    # every student evaluated downstream once, at its last step (eval.harness.every=end), on 16 sums
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, EVAL)
+        assert [m.step for m in history] == [6] and 0.0 <= history[0].value <= 1.0, history
+        assert child.data.params["harness.n_samples.hydralign_arithmetic_teacher"] == "16"
+    # the SFT card evaluates each of its checkpoints (eval.harness.every=checkpoint)
+    sft_history = client.get_metric_history((sft / "mlflow_run_id").read_text(), EVAL)
+    assert [m.step for m in sft_history] == [10, 20, 30], sft_history
 
-    out = _cli(["hydralign.report", str(sweep), "--metrics", "val/distill/nll,val/loss"], tmp_path)
+    out = _cli(["hydralign.report", str(sweep), "--metrics", f"val/distill/nll,val/loss,{EVAL}"], tmp_path)
     rows = list(csv.DictReader(open(sweep / "report.csv")))
     assert sorted(r["refs.start"] for r in rows) == ["best", "last"], out.stdout
     assert all(float(r["val/distill/nll mean"]) > 0 and float(r["val/loss mean"]) > 0 for r in rows)
+    assert all(0.0 <= float(r[f"{EVAL} mean"]) <= 1.0 for r in rows), rows
 
     # the MiniLLM card's embedded twin, from the same SFT run's :best checkpoint, a few steps
     twin = tmp_path / "minillm"
