@@ -8,6 +8,7 @@ Per-source verifiers (Tulu 3 RLVR: GSM8K by its last number, MATH by its boxed a
 carry its source in a ``dataset`` field (open-instruct's RLVR column); its answer key then is an
 ``AnswerKey``, a ``str`` that remembers the source, and ``method.rewards_by_source`` (source -> {verifier:
 weight}) routes each sample to its source's table (without case), falling back to ``method.rewards``.
+IFEval-constraint prompts: the ``ifeval`` verifier (``hydralign/rewards_ifeval.py``, lm-eval's checkers).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Optional
 
 from hydralign.errors import ConfigError
+from hydralign.rewards_ifeval import ifeval
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 DEFAULT_FORMAT = r"(?s)^\s*<think>.*?</think>\s*<answer>.*?</answer>\s*$"  # DeepSeek-R1's think/answer tags
@@ -106,6 +108,7 @@ def format_reward(completion: str, reference: str, pattern: str = DEFAULT_FORMAT
 
 REWARDS: dict[str, Callable[..., float]] = {
     "exact_answer": exact_answer, "last_number": last_number, "boxed": boxed, "format": format_reward,
+    "ifeval": ifeval,  # IFEval constraints by lm-eval's checkers (hydralign/rewards_ifeval.py)
 }
 
 

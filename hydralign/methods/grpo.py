@@ -82,8 +82,10 @@ class GRPOModule(PostTrainingModule):
     @classmethod
     def check_data(cls, cfg: Any, data: Any) -> None:
         """Every source in method.rewards_by_source must be some train prompt's source (a misspelled one
-        would silently score its samples with method.rewards), checked before any model loads."""
+        would silently score its samples with method.rewards), checked before any model loads; the answer keys of
+        the prompts routed to the ifeval verifier are read (rewards_ifeval.check_references)."""
         table = dict(cfg.method.get("rewards_by_source") or {})
+        cls._check_ifeval_keys(cfg, data, table)
         if not table:
             return
         found = sorted({s for s in (source_of(e.reference) for e in data.train_examples) if s is not None})
@@ -92,6 +94,16 @@ class GRPOModule(PostTrainingModule):
             if str(src).lower() not in known:
                 raise ConfigError(f"method.rewards_by_source.{src} matches no train prompt's source; the data's "
                                   f"sources (its records' 'dataset' field): {found or 'none'}")
+
+    @staticmethod
+    def _check_ifeval_keys(cfg: Any, data: Any, table: dict) -> None:
+        from hydralign.rewards_ifeval import check_references
+
+        refs = [e.reference for e in data.train_examples]
+        tables = route([source_of(r) for r in refs], dict(cfg.method.rewards), table)
+        routed = [r for r, t in zip(refs, tables) if "ifeval" in t]
+        if routed:
+            check_references(routed, "method.rewards_by_source" if table else "method.rewards")
 
     # --- rollout -------------------------------------------------------------------------------
     @torch.no_grad()

@@ -75,13 +75,15 @@ def test_a_raising_verifier_scores_zero_and_the_run_goes_on(sft_trained, tmp_pat
 
 def tulu_shaped_files(tmp_path: Path) -> list[str]:
     """Records shaped like the card's data (messages = the user turn, ground_truth, dataset), a third each of
-    GSM8K, MATH and IFEval, as data=jsonl overrides."""
+    GSM8K, MATH and IFEval (its ground truth open-instruct's {"func_name": ...} form), as data=jsonl overrides."""
     sources = ["gsm8k", "MATH", "ifeval"]
+    lowercase = json.dumps({"func_name": "validate_lowercase", "N": None, "quantifier": None})
     for name, n in (("train", 64), ("val", 8)):
         with open(tmp_path / f"{name}.jsonl", "w") as fh:
             for i in range(n):
                 fh.write(json.dumps({"messages": [{"role": "user", "content": f"{i}+{i}="}],
-                                     "ground_truth": str(2 * i), "dataset": sources[i % 3]}) + "\n")
+                                     "ground_truth": lowercase if i % 3 == 2 else str(2 * i),
+                                     "dataset": sources[i % 3]}) + "\n")
     return ["data=jsonl", f"data.train_files=[{tmp_path / 'train.jsonl'}]", f"data.val_files=[{tmp_path / 'val.jsonl'}]",
             "data.max_seq_len=64", "data.messages_field=no_messages_field", "data.prompt_field=messages",
             "data.completion_field=ground_truth"]
@@ -90,7 +92,8 @@ def tulu_shaped_files(tmp_path: Path) -> list[str]:
 TULU_TINY = ["experiment=tulu3_8b_rlvr", "model=tiny", "model.name=tiny", "model.name_or_path=null", "hardware=cpu",
              "hardware.devices_per_node=1", "batch.micro=16", "method.prompts_per_step=4", "method.total_episodes=64",
              "method.max_completion_length=6", "eval.max_new_tokens=6", "eval.num_generate=4", "eval.batch_size=4",
-             "checkpoint.export_hf=false", "logger=none", "trainer.log_every_n_steps=1"]
+             "checkpoint.export_hf=false", "logger=none", "trainer.log_every_n_steps=1",
+             "eval.harness.every=none"]  # the card's lm-eval tasks read the hub
 
 
 class Routed(Callback):
@@ -107,22 +110,24 @@ class Routed(Callback):
 def test_tulu3_rlvr_card_trains_at_tiny_scale_routing_each_source(tmp_path, monkeypatch):
     """The card's method settings (beta 0.05 with a frozen reference, masked truncations, a total_episodes budget,
     checkpoints every N episodes) run for real on the tiny model: 2 rollout batches of 4 prompts x 8. Each sample
-    is scored by its source's verifiers (stand-ins with known values): GSM8K 1.0, MATH 0.25, IFEval 0 (the
-    fallback table's exact_answer weighs 0). Checkpoints every 32 episodes (1 step) are validated: :best picks one."""
+    is scored by its source's verifiers (stand-ins with known values): GSM8K 1.0, MATH 0.25, IFEval 0.75 (the
+    fallback table's exact_answer, 0.5 weighing 0, scores none). Checkpoints every 32 episodes (1 step) are validated: :best picks one."""
     monkeypatch.setitem(R.REWARDS, "last_number", lambda completion, reference: 1.0)
     monkeypatch.setitem(R.REWARDS, "boxed", lambda completion, reference: 0.25)
     monkeypatch.setitem(R.REWARDS, "exact_answer", lambda completion, reference: 0.5)
+    monkeypatch.setitem(R.REWARDS, "ifeval", lambda completion, reference: 0.75)
     rec, routed = Rewards(), Routed()
     metrics = run(tiny_cfg(tmp_path, TULU_TINY + tulu_shaped_files(tmp_path) + [
         "checkpoint.every_n_episodes=32", "eval.every_n_steps=1", "checkpoint.keep_last_k=5"]), callbacks=[rec, routed])
     assert metrics["train/steps"] == 2 and rec.steps[-1]["episodes"] == 64
-    want = {"gsm8k": 1.0, "MATH": 0.25, "ifeval": 0.0}
+    want = {"gsm8k": 1.0, "MATH": 0.25, "ifeval": 0.75}
     assert len(routed.rollouts) == 2
     for (sources, rewards), step in zip(routed.rollouts, rec.steps):
         assert rewards == [want[s] for s in sources for _ in range(8)], (sources, rewards)
         assert step["rewards/last_number/mean"] == (1.0 if "gsm8k" in sources else 0.0)  # over its own samples
         assert step["rewards/boxed/mean"] == (0.25 if "MATH" in sources else 0.0)
-        # right = its own table's best total: GSM8K's 1.0 of 1.0, not MATH's 0.25 of 1.0 nor IFEval's 0 of 0
+        assert step["rewards/ifeval/mean"] == (0.75 if "ifeval" in sources else 0.0)
+        # right = its own table's best total: GSM8K's 1.0 of 1.0, not MATH's 0.25 of 1.0 nor IFEval's 0.75 of 1.0
         assert step["accuracy"] == pytest.approx(sources.count("gsm8k") / 4)
     assert rec.steps[-1]["kl"] >= 0.0
     index = json.loads((tmp_path / "run" / "checkpoints" / "index.json").read_text())
@@ -166,3 +171,10 @@ def test_the_split_into_micro_batches_does_not_change_the_gradient(sft_trained, 
     assert grads[0].keys() == grads[1].keys() and any(float(g.abs().sum()) > 0 for g in grads[0].values())
     for name, g in grads[0].items():
         assert (g - grads[1][name]).abs().max() <= 1e-6 * max(1.0, float(g.abs().max())), name
+
+
+def test_a_source_routed_to_ifeval_without_ifeval_keys_is_refused_before_models_load(tmp_path, monkeypatch):
+    monkeypatch.setattr("hydralign.models.build_model", lambda *a, **k: pytest.fail("a model was built"))
+    with pytest.raises(ConfigError, match=r"routes 21 train prompts to the ifeval verifier, which can score none"):
+        run(tiny_cfg(tmp_path, TULU_TINY + tulu_shaped_files(tmp_path) + ["+method.rewards_by_source.math.ifeval=1",
+                                                                              "~method.rewards_by_source.ifeval"]))
