@@ -72,6 +72,20 @@ def test_evaluate_a_checkpoint_gives_the_in_training_numbers(trained, tmp_path):
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == metrics
 
 
+def test_an_mlflow_run_reference_in_the_sources_store(trained, tmp_path):
+    """``runs:/<id>:last`` is found through the source run's ``run_dir`` tag; the evaluation lands in that store."""
+    tmp, tasks, _ = trained
+    source_id = (tmp / "run" / "mlflow_run_id").read_text()
+    cfg = compose_cfg(quote_references([f"init_from=runs:/{source_id}:last"]) + [
+        "eval.harness.tasks=[sums_mc]", "eval.harness.limit=12", f"eval.harness.include_path=[{tasks}]",
+        f"logger.tracking_uri=sqlite:///{tmp}/mlflow.db"])
+    metrics = evaluate_checkpoint(cfg, tmp_path / "eval")
+    assert metrics == {"eval/sums_mc/acc": in_training(tmp / "run", 6)["eval/sums_mc/acc"]}
+    tags = MlflowClient(tracking_uri=f"sqlite:///{tmp}/mlflow.db").get_run(
+        (tmp_path / "eval" / "mlflow_run_id").read_text()).data.tags
+    assert (tags["lineage.source_run_id"], tags["lineage.selector"], tags["source_step"]) == (source_id, "last", "6")
+
+
 def _evaluate_cli(args: list[str], cwd) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "hydralign.evaluate", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=600, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
