@@ -127,6 +127,15 @@ def gathered_policy(model, cfg: Any, tokenizer: Any):
     plain.load_state_dict(full, assign=True)
     if hasattr(plain, "tie_weights"):  # assign gave tied parameters (embeddings and head) a copy each
         plain.tie_weights()
+    # The state dict lacks non-persistent buffers (the rotary inv_freq): still on meta, they would fail any forward
+    # of the copy ("Cannot copy out of meta tensor"). FSDP2 leaves buffers whole on every rank: take them as they are.
+    held = dict(model.named_buffers())
+    for name, buffer in list(plain.named_buffers()):
+        if buffer.is_meta and name in held:
+            owner, _, leaf = name.rpartition(".")
+            target = plain.get_submodule(owner) if owner else plain
+            persistent = leaf not in target._non_persistent_buffers_set
+            target.register_buffer(leaf, held[name].detach().to("cpu").clone(), persistent=persistent)
     return plain
 
 

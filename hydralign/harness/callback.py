@@ -71,7 +71,7 @@ class HarnessEvaluation(Callback):
         metrics = None
         with whole_weights(module.model, self.plan, self.cfg, module.tokenizer) as model:  # sharded: all ranks
             if trainer.is_global_zero:
-                model = _with_buffers(model, module.model).to(module.device)  # a gathered copy: rank 0's device
+                model = model.to(module.device)  # FSDP2's gathered copy is on the CPU: rank 0's device
                 started = time.time()
                 if self.manager is None:
                     self.manager = task_manager(self.settings)
@@ -111,22 +111,6 @@ class HarnessEvaluation(Callback):
                 log_params(logger, run_params(results, lm_eval_version()))
             retry_locked(logger.experiment.log_artifact, logger.run_id, str(artifact), "harness")
         self._params_logged = True
-
-
-def _with_buffers(model, policy):
-    """``model`` with every buffer still on the meta device (FSDP2's gathered copy is built on meta and given the
-    state dict, which lacks non-persistent buffers such as the rotary ``inv_freq``) taken from ``policy``, whose
-    buffers every rank holds whole. The policy itself is returned as it is."""
-    if model is policy:
-        return model
-    held = dict(policy.named_buffers())
-    for name, buffer in list(model.named_buffers()):
-        if buffer.is_meta:
-            owner, _, leaf = name.rpartition(".")
-            target = model.get_submodule(owner) if owner else model
-            persistent = leaf not in target._non_persistent_buffers_set
-            target.register_buffer(leaf, held[name].detach().to("cpu").clone(), persistent=persistent)
-    return model
 
 
 def _stopping(trainer) -> bool:
