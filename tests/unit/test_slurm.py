@@ -64,7 +64,7 @@ def test_mission_command_asks_slurm_for_the_presets_job():
     assert type(OmegaConf.to_object(launcher)).__name__ == "SlurmQueueConf"
     assert requested(cfg) == {"nodes": 4, "tasks_per_node": 8, "gpus_per_node": 8, "cpus_per_task": 8,
                               "timeout_min": 1440, "partition": None}
-    assert launcher.signal_delay_s == 120 and launcher.max_num_timeout == 0  # the plugin's defaults are kept
+    assert launcher.signal_delay_s == 120 and launcher.max_num_timeout == 20  # warned 120 s ahead; 20 time limits
 
 
 @pytest.mark.parametrize("preset", GPU_PRESETS)
