@@ -140,15 +140,9 @@ def plot_checkpoints(out_dir: Path, runs: list[RunRow], metrics: list[str]) -> l
         fig, ax = plt.subplots(figsize=(6, 4))
         for source, xy in points.items():
             ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=f"run {source[:8]}")
-        ax.set_xlabel("optimizer step of the checkpoint evaluated")
-        ax.set_ylabel(metric)
         ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        path = out_dir / f"{metric.replace('/', '_')}_vs_checkpoint_step.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, ax, "optimizer step of the checkpoint evaluated", metric,
+                             out_dir / f"{metric.replace('/', '_')}_vs_checkpoint_step.png"))
         shown = "; ".join(f"run {s[:8]}: " + ", ".join(f"step {x} {y:.4g}" for x, y in xy) for s, xy in points.items())
         print(f"{metric} by checkpoint: {shown}")
     return written
@@ -318,15 +312,21 @@ def plot(out_dir: Path, keys: list[str], cells: list[Cell], histories: dict, cur
         xs = [p[0] for p in points]
         if min(xs) > 0 and max(xs) / min(xs) > 20:
             ax.set_xscale("log")
-        ax.set_xlabel(k)
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        path = out_dir / f"{metric.replace('/', '_')}_vs_{k.replace('/', '_')}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(fig, ax, k, metric, out_dir / f"{metric.replace('/', '_')}_vs_{k.replace('/', '_')}.png"))
     return written
+
+
+def _save(fig, ax, xlabel: str, metric: str, path: Path) -> Path:
+    """Label, grid and write one plot; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def main(argv: Optional[list[str]] = None) -> int:
