@@ -63,9 +63,7 @@ def _resolve_references(cfg: DictConfig) -> References:
     resume = cfg.resume
     if not resume and requeues:  # SLURM runs the job again (preempted, or its time limit): it continues itself
         resume = "auto"
-        if rank_zero():
-            print(f"hydralign: requeued by SLURM ({requeues}x): continuing the run folder's newest checkpoint",
-                  flush=True)
+        print(f"hydralign: requeued by SLURM ({requeues}x): continuing the run folder's newest checkpoint", flush=True)
     run_dir, ckpt_path = resolve_resume(resume, Path(cfg.run_dir) if cfg.run_dir else default_run_dir(),
                                         cfg.logger.tracking_uri)
     run_dir = run_dir.resolve()
@@ -83,12 +81,11 @@ def check_resume(refs: References, cfg: DictConfig, plan: Plan) -> None:
 
 
 def resolve_lineage(cfg: DictConfig) -> dict[str, Any]:
-    """{config key: Resolved} for each reference the config sets; printed by rank 0."""
+    """{config key: Resolved} for each reference the config sets, printed (rank 0 alone resolves them)."""
     found = {}
     for key in REFERENCES:
         ref = reference_of(cfg, key)
         if ref:
             found[key] = resolve_reference(ref, cfg.logger.tracking_uri, what=key)
-            if rank_zero():
-                print(f"hydralign: {key}: {describe(found[key])}", flush=True)
+            print(f"hydralign: {key}: {describe(found[key])}", flush=True)
     return found
