@@ -13,7 +13,7 @@ One run of the default job (``python -m hydralign``'s config, in-process, its ow
    the val split, which are ``hydralign_arithmetic``'s first 256 documents) are answered by
    ``module.generation_counts()`` (hydralign's validation decoding, batch ``eval.batch_size=64``) and by
    ``hydralign.harness.adapter.evaluate`` at ``limit=256`` (lm-eval's ``HFLM`` + ``simple_evaluate``), at the
-   harness's default batch (8) and at the validation's (64); each timed 3 times, the median kept.
+   batch 8 and at the validation's 64 (the harness's default: eval.batch_size); each timed 3 times, the median kept.
 """
 
 from __future__ import annotations

@@ -210,7 +210,7 @@ class HarnessConfig:
     include_path: list[str] = field(default_factory=list)  # folders of task YAMLs (local data), besides our own
     num_fewshot: Optional[int] = None  # null: each task's own
     limit: Optional[float] = None  # examples per task (>= 1) or a fraction of them (< 1); null: all
-    batch_size: int = 8  # examples per forward during evaluation: higher is faster and holds more memory
+    batch_size: Optional[int] = None  # examples per forward; null: eval.batch_size (the validation's, already held)
     apply_chat_template: Optional[bool] = None  # null: when the tokenizer has a chat template
     gen_kwargs: Any = None  # a mapping of generation settings over every generate_until task's own (null: none)
     every: str = "none"  # none | end | checkpoint (each saved checkpoint) | validation (each validation)

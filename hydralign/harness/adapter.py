@@ -5,7 +5,9 @@ What the model sees is what ``lm_eval --model hf --model_args pretrained=<hf_mod
 model: the same tokenizer, lm-eval's own seeds, chat template and few-shot handling, and the exported model's
 end-of-turn tokens (``generation_config.eos_token_id``, set for the duration). A LoRA policy is evaluated as the
 ``PeftModel`` it is (adapters active). Training is left as it was: the model's train/eval mode and every random
-generator lm-eval reseeds (Python, NumPy, torch on CPU and CUDA) are restored afterwards.
+generator lm-eval reseeds (Python, NumPy, torch on CPU and CUDA) are restored afterwards. The results JSON's
+environment report (torch's ``collect_env``, which starts a dozen subprocesses: 0.4 s) is made once per process
+and repeated in each later evaluation's JSON.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+from unittest import mock
 
 from hydralign.config.read import setting
 from hydralign.errors import ConfigError
 
+_ENVIRONMENT: dict[str, Any] = {}  # lm-eval's environment report, made by the first evaluation of this process
 PACKAGE_TASKS = Path(__file__).resolve().parent / "tasks"  # hydralign_arithmetic.yaml: always on the include path
 
 
@@ -42,11 +46,13 @@ class HarnessSettings:
 
         gen_kwargs = get("gen_kwargs")
         limit = get("limit")
+        batch = get("batch_size")
         return cls(tasks=tuple(str(t) for t in get("tasks") or ()),
                    include_path=tuple(str(p) for p in get("include_path") or ()),
                    num_fewshot=get("num_fewshot"),
                    limit=None if limit is None else (int(limit) if float(limit) >= 1 else float(limit)),
-                   batch_size=int(get("batch_size")), apply_chat_template=get("apply_chat_template"),
+                   batch_size=int(batch if batch is not None else setting(cfg, "eval.batch_size")),
+                   apply_chat_template=get("apply_chat_template"),
                    gen_kwargs=dict(gen_kwargs) if gen_kwargs else None, every=str(get("every")))
 
 
@@ -94,7 +100,7 @@ def evaluate(model: Any, tokenizer: Any, settings: HarnessSettings, manager: Any
     from lm_eval.models.huggingface import HFLM
 
     chat = chat_template_on(settings, tokenizer)
-    with _isolated(model, stop_token_ids):
+    with _isolated(model, stop_token_ids), mock.patch("lm_eval.evaluator.add_env_info", _environment_once):
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
         results = simple_evaluate(model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot,
                                   limit=settings.limit, apply_chat_template=chat, fewshot_as_multiturn=chat,
@@ -102,6 +108,16 @@ def evaluate(model: Any, tokenizer: Any, settings: HarnessSettings, manager: Any
     if results is None:
         raise RuntimeError("lm_eval.simple_evaluate returned no results (it answers only on its rank 0)")
     return results
+
+
+def _environment_once(storage: dict[str, Any]) -> None:
+    """``lm_eval.loggers.utils.add_env_info`` (torch, transformers and lm-eval versions, pip list, CPU): the
+    same in every evaluation of one process, so made once."""
+    if not _ENVIRONMENT:
+        from lm_eval.loggers.utils import add_env_info
+
+        add_env_info(_ENVIRONMENT)
+    storage.update(_ENVIRONMENT)
 
 
 def results_json(results: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ Each evaluation, on global rank 0:
 Several ranks: rank 0 evaluates the whole model while the others wait at a barrier (so the numbers are one
 process's). DDP: every rank already holds it. FSDP2: the shards are gathered into a plain CPU copy on rank 0
 (``distributed.fsdp.whole_weights``, the same gather as the Hugging Face export), which rank 0 holds on its device
-for the evaluation (the plan's memory estimate does not count it yet). DeepSpeed ZeRO-3: its partitions are gathered in place for the duration. A long evaluation keeps the
+for the evaluation (the plan's memory estimate counts it: ``plan.memory_evaluation``). DeepSpeed ZeRO-3: its partitions are gathered in place for the duration. A long evaluation keeps the
 other ranks waiting: raise ``hardware.dist_timeout_min`` past it.
 """
 

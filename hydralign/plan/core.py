@@ -28,6 +28,7 @@ from hydralign.plan.length import (
     warmup_steps,
 )
 from hydralign.plan.memory import MemoryEstimate, estimate_memory, memory_inputs
+from hydralign.plan.memory_evaluation import estimate_with_evaluation
 from hydralign.plan.packing import check_packing
 from hydralign.plan.rollout import GRPO_UNITS, RolloutPlan, generator_devices, rollout_sizes
 from hydralign.plan.strategy import check_strategy
@@ -164,4 +165,4 @@ def _memory(cfg: Any, spec: MethodSpec, packing: str, micro: int, sequences: int
     rows, per_row, row_len = (1, 1, micro * sequences * length) if packing == "padding_free" else \
         (micro, sequences, length)
     inputs = memory_inputs(cfg, rows, per_row, spec.held_models(cfg), spec.chunked_loss, seq_len=row_len)
-    return estimate_memory(inputs) if inputs is not None else None
+    return estimate_memory(inputs, pieces=estimate_with_evaluation) if inputs is not None else None

@@ -42,8 +42,9 @@ def check_harness(cfg: Any) -> str:
 
 def _check_numbers(cfg: Any) -> None:
     batch = setting(cfg, "eval.harness.batch_size")
-    if not isinstance(batch, int) or batch < 1:
-        raise ConfigError(f"eval.harness.batch_size={batch} must be an integer >= 1 (examples per forward)")
+    if batch is not None and (not isinstance(batch, int) or batch < 1):
+        raise ConfigError(f"eval.harness.batch_size={batch} must be an integer >= 1 (examples per forward), or "
+                          "null for eval.batch_size")
     fewshot = setting(cfg, "eval.harness.num_fewshot")
     if fewshot is not None and (not isinstance(fewshot, int) or fewshot < 0):
         raise ConfigError(f"eval.harness.num_fewshot={fewshot} must be an integer >= 0, or null for each task's "

@@ -39,12 +39,15 @@ What one device holds at the peak of a step, in GiB (2^30 bytes), by piece:
                under no_grad, so its activations do not add to the peak. A distillation teacher's size is not in
                the config: it is not counted (said in the notes).
 
+While lm-eval evaluates during training, rank 0 holds more: hydralign.plan.memory_evaluation adds it.
+
 Not counted: the CUDA context and kernels (~0.5-1 GiB), allocator fragmentation, communication buffers, data.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -125,6 +128,7 @@ class MemoryInputs:
     chunked_loss: bool  # the method supports model.loss_chunk_size (its spec's flag)
     held: tuple[str, ...]  # frozen models held in memory (the method spec's held_models)
     device_gib: Optional[float]
+    eval_batch: Optional[int] = None  # lm-eval's batch when it runs during training (hydralign.plan.memory_evaluation)
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,7 @@ class MemoryEstimate:
     tokens_per_micro: int
     notes: tuple[str, ...] = ()
     suggestions: tuple[str, ...] = ()  # overrides that lower the total, with the total each gives
+    evaluation_gib: Optional[float] = None  # rank 0 while lm-eval runs (the total is the larger); None: no evaluation
 
 
 def char_vocab_size() -> int:
@@ -200,6 +205,8 @@ def memory_inputs(cfg: Any, micro: int, sequences_per_example: int, held: tuple[
         eager_attention=setting(cfg, "model.attn_implementation") == "eager",
         loss_chunk=setting(cfg, "model.loss_chunk_size"), chunked_loss=chunked_loss, held=tuple(held),
         device_gib=setting(cfg, "hardware.device_memory_gb"),
+        eval_batch=None if setting(cfg, "eval.harness.every") == "none" else int(
+            setting(cfg, "eval.harness.batch_size") or setting(cfg, "eval.batch_size")),
     )
 
 
@@ -334,17 +341,21 @@ def _candidates(m: MemoryInputs) -> list[tuple[str, MemoryInputs]]:
     if m.strategy == "fsdp" and not m.fsdp_reshard_after_forward:
         out.append(("hardware.fsdp_reshard_after_forward=true",
                     dataclasses.replace(m, fsdp_reshard_after_forward=True)))
+    if m.eval_batch is not None and m.eval_batch > 1:
+        out.append(("eval.harness.batch_size=1", dataclasses.replace(m, eval_batch=1)))
     if m.peft == "none" and m.arch is not None:
         out.append(("peft=lora", dataclasses.replace(m, peft="lora", lora_r=64, lora_targets="all-linear")))
     return out
 
 
-def estimate_memory(m: MemoryInputs) -> MemoryEstimate:
-    """The estimate; when it does not fit the device, the overrides that lower it, best first, with their totals."""
-    est = estimate_pieces(m)
+def estimate_memory(m: MemoryInputs, pieces: Callable[[MemoryInputs], MemoryEstimate] = estimate_pieces
+                    ) -> MemoryEstimate:
+    """The estimate (``pieces``: the training step's alone, or with evaluation counted); when it does not fit the
+    device, the overrides that lower it, best first, with their totals."""
+    est = pieces(m)
     if est.fits is not False:
         return est
-    ranked = sorted(((estimate_pieces(alt).total_gib, key) for key, alt in _candidates(m)))
+    ranked = sorted(((pieces(alt).total_gib, key) for key, alt in _candidates(m)))
     suggestions = tuple(f"{key} ({total:.1f} GiB{', fits' if total <= est.device_gib else ''})"
                         for total, key in ranked if total < est.total_gib)
     return dataclasses.replace(est, suggestions=suggestions)
@@ -372,6 +383,9 @@ def format_memory(est: Optional[MemoryEstimate]) -> list[tuple[str, str]]:
     rows = [("memory per device (est.)", f"{gib(est.total_gib)}, {verdict}"),
             ("  of which", f"{parts} ({est.tokens_per_micro} tokens per micro-batch, "
                            f"{est.trainable_params:.3g} trainable parameters)")]
+    if est.evaluation_gib is not None:
+        rows.append(("  evaluating (rank 0)", f"{gib(est.evaluation_gib)} while lm-eval runs (the whole model and one "
+                                              "batch, beside the training state)"))
     rows += [("  note", n) for n in est.notes]
     if est.fits is False:
         rows.append(("  to fit, try", "; ".join(est.suggestions) if est.suggestions

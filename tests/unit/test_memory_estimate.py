@@ -192,3 +192,43 @@ def test_plan_module_stays_torch_free():
             "format_plan(make_plan(compose_cfg(['experiment=tulu3_8b_dpo']))); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+HARNESS = ["eval.harness.tasks=[hydralign_arithmetic]", "eval.harness.every=checkpoint"]
+# lm-eval's forward, per token, fp32 weights (r = 4): KV cache 2 x 4 layers x kv 128 x 4, one layer's working
+# tensors (3h + 2I) x 4, the logits and their fp32 log-softmax vocab x (4 + 4)
+EVAL_TOKEN = 2 * 4 * 128 * 4 + (3 * 128 + 2 * 256) * 4 + 100 * 8  # 4096 + 3584 + 800 = 8,480
+
+
+def test_evaluation_on_one_device_holds_the_training_state_and_one_batch():
+    m = _mem(["hardware=cpu"] + HARNESS)  # eval.harness.batch_size null: eval.batch_size 64, S = max_seq_len 64
+    assert _bytes(m.evaluation_gib) == pytest.approx(16 * P + 64 * 64 * EVAL_TOKEN)  # 10,913,792 + 34,734,080
+    assert _bytes(m.total_gib) == pytest.approx(max(16 * P + 64 * 64 * EVAL_TOKEN, 32_286_720))  # evaluation's
+    small = _mem(["hardware=cpu", "eval.harness.batch_size=2"] + HARNESS)
+    assert _bytes(small.evaluation_gib) == pytest.approx(16 * P + 2 * 64 * EVAL_TOKEN)
+    assert _bytes(small.total_gib) == pytest.approx(32_286_720)  # the step's peak is the larger again
+    assert _mem(["hardware=cpu"]).evaluation_gib is None  # eval.harness.every=none: nothing added
+    assert "evaluating (rank 0)" in format_plan(make_plan(compose_cfg(SMALL + ["hardware=cpu"] + HARNESS)))
+
+
+def test_evaluation_under_fsdp2_and_zero3_adds_the_whole_gathered_model():
+    fsdp = ["hardware=8xA100", "batch.effective=64", "eval.harness.batch_size=1"] + HARNESS
+    m = _mem(fsdp)
+    resident = _bytes(m.parameters_gib + m.gradients_gib + m.optimizer_gib)
+    assert _bytes(m.evaluation_gib) == pytest.approx(resident + 4 * P + 64 * EVAL_TOKEN)  # a plain fp32 copy
+    z3 = _mem(fsdp + ["hardware.strategy=deepspeed", "hardware.zero_stage=3"])
+    resident = _bytes(z3.parameters_gib + z3.gradients_gib + z3.optimizer_gib)
+    assert _bytes(z3.evaluation_gib) == pytest.approx(resident + 2 * P * 7 / 8 + 64 * EVAL_TOKEN)  # in place
+    ddp = _mem(fsdp + ["hardware.strategy=ddp"])
+    resident = _bytes(ddp.parameters_gib + ddp.gradients_gib + ddp.optimizer_gib)
+    assert _bytes(ddp.evaluation_gib) == pytest.approx(resident + 64 * EVAL_TOKEN)  # every rank holds it already
+
+
+def test_an_evaluation_that_does_not_fit_suggests_a_smaller_harness_batch():
+    cfg = ["hardware=cpu", "hardware.device_memory_gb=0.04", "eval.harness.batch_size=64"] + HARNESS
+    m = _mem(cfg)  # training 0.030 GiB fits; evaluating with 64 rows (0.043 GiB) does not
+    assert m.fits is False and m.total_gib == pytest.approx(m.evaluation_gib)
+    first = m.suggestions[0]
+    assert first.startswith("eval.harness.batch_size=1") and "fits" in first
+    again = _mem(cfg[:-3] + ["eval.harness.batch_size=1"] + HARNESS)
+    assert again.fits is True and again.total_gib == pytest.approx(float(first.split("(")[1].split(" GiB")[0]), abs=0.05)

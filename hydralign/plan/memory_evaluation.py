@@ -1,0 +1,61 @@
+"""What lm-eval holds on rank 0 while it evaluates during training (``eval.harness.every`` not ``none``), added to
+the plan's memory estimate (``hydralign.plan.memory``). Pure: no torch.
+
+An evaluation runs between optimizer steps (hydralign/harness/callback.py): the step's activations and logits are
+freed, the training state is not. Rank 0's peak during it, in GiB:
+
+  resident     parameters, gradients (not freed until the next step's zero_grad), optimizer states and frozen
+               models, as the training estimate counts them.
+  whole copy   lm-eval sees the whole model on one process. Sharded parameters are gathered first: under FSDP2 a
+               plain copy of every weight in the weights' dtype (``distributed.fsdp.whole_weights``: P x bytes per
+               weight, besides the shards); under ZeRO-3 the partitions are gathered in place (P x 2 bytes with
+               mixed precision, less the rank's own partition). Unsharded (single device, DDP, ZeRO-1/2): nothing.
+  forward      one of lm-eval's batches (``eval.harness.batch_size``, null: ``eval.batch_size``) of S tokens, S =
+               ``data.max_seq_len`` (lm-eval's requests as long as the training rows; longer few-shot prompts hold
+               more), without gradients, in the weights' dtype r: the KV cache (2 x layers x kv x r per token), one
+               decoder layer's working tensors ((3h + 2I) x r per token) and a log-likelihood request's logits and
+               their log-softmax (lm-eval's, in the logits' dtype: vocab x 2r per token; generation keeps only the
+               last position's logits).
+
+The estimate's total is the larger of the training step's peak and this one; its verdict and suggestions use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hydralign.plan.memory import GIB, MemoryEstimate, MemoryInputs, estimate_pieces
+
+
+def evaluation_peak(m: MemoryInputs, est: MemoryEstimate) -> tuple[float, tuple[str, ...]]:
+    """Rank 0's bytes while lm-eval evaluates a batch of ``m.eval_batch`` rows beside the training state of
+    ``est``, and the notes that go with them."""
+    resident = (est.parameters_gib + est.gradients_gib + est.optimizer_gib + est.frozen_gib) * GIB
+    stage = int(m.zero_stage or 0) if m.strategy == "deepspeed" else 0
+    if m.strategy == "fsdp" and m.world > 1:
+        whole = m.params * m.weight_bytes
+    elif stage == 3 and m.world > 1:
+        whole = m.params * (2 if m.mixed else m.weight_bytes) * (1 - 1 / m.world)
+    else:
+        whole = 0.0
+    arch = m.arch
+    if arch is None:
+        return resident + whole, ("evaluating: lm-eval's forward unknown (the card gives no architecture); counted: "
+                                  "the training state and the whole copy",)
+    tokens, r = int(m.eval_batch or 1) * m.seq_len, m.weight_bytes
+    forward = tokens * (2 * arch.layers * arch.kv * r + (3 * arch.hidden + 2 * arch.intermediate) * r
+                        + arch.vocab * 2 * r)
+    return resident + whole + forward, ()
+
+
+def estimate_with_evaluation(m: MemoryInputs) -> MemoryEstimate:
+    """``estimate_pieces`` plus rank 0's evaluation peak (``evaluation_gib``) when lm-eval runs during training;
+    the total is the larger of the step's and the evaluation's. For ``plan.memory.estimate_memory(m, pieces=...)``,
+    so each suggested override (``eval.harness.batch_size=1`` among them) is judged by this total too."""
+    est = estimate_pieces(m)
+    if m.eval_batch is None:
+        return est
+    peak, notes = evaluation_peak(m, est)
+    total = max(est.total_gib, peak / GIB)
+    fits = None if est.device_gib is None else total <= est.device_gib
+    return dataclasses.replace(est, evaluation_gib=peak / GIB, total_gib=total, fits=fits, notes=est.notes + notes)
