@@ -26,6 +26,7 @@ def tiny_cfg(tmp_path: Path, overrides: list[str] | None = None) -> DictConfig:
         "data.arithmetic.num_train=512", "data.arithmetic.num_val=64",
         "eval.num_generate=16", "eval.max_new_tokens=6", "trainer.max_steps=4", "eval.every_n_steps=2",
         "trainer.enable_progress_bar=false", f"logger.tracking_uri=sqlite:///{tmp_path}/mlflow.db",
+        f"data.cache_dir={tmp_path}/tokenized",  # the tokenized cache (data read from files) stays out of outputs/
     ]
     cfg = compose_cfg(base + list(overrides or []))
     with open_dict(cfg):

@@ -148,6 +148,27 @@ class ArithmeticConfig:
 
 
 @dataclass
+class MixtureSourceConfig:
+    """One source of ``data.mixture`` (open-instruct's ``dataset_mixer_list`` entry: a source and a fraction or count)."""
+
+    source: str = MISSING  # a local file (.jsonl / .json / .parquet) or a hub data set id
+    take: float = 1.0  # a fraction in (0, 1] of the source's records, or a whole count > 1 (open-instruct's rule)
+    repeat: bool = False  # a count above the source's size repeats it (whole copies, then a sample); else refused
+    name: Optional[str] = None  # the name in logs (data/mix/<name>/examples); null: from the source
+    split: str = "train"  # hub sets: the split read
+    hub_config: Optional[str] = None
+    revision: Optional[str] = None  # hub sets: a commit or tag, part of the tokenized cache's key
+    num_examples: Optional[int] = None  # the source's known size: dry_run counts a fraction's examples from it
+    # This source's field names (null: the data.*_field of the same name)
+    messages_field: Optional[str] = None
+    prompt_field: Optional[str] = None
+    completion_field: Optional[str] = None
+    chosen_field: Optional[str] = None
+    rejected_field: Optional[str] = None
+    label_field: Optional[str] = None
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     source: str = "arithmetic"  # arithmetic | files | hub
@@ -173,6 +194,15 @@ class DataConfig:
     num_examples: Optional[int] = None  # known size of a hub set, lets dry_run count steps
     num_workers: int = 0
     arithmetic: ArithmeticConfig = field(default_factory=ArithmeticConfig)
+    # source=mixture: the train data, source by source, each a fraction or a count (hydralign/data/mixture.py)
+    mixture: list[MixtureSourceConfig] = field(default_factory=list)
+    # The data's seed: the held-out split, the mixture's sample, KTO's twins (null: the run's seed). Pin it so the
+    # jobs of a seed sweep share one tokenized cache.
+    seed: Optional[int] = None
+    # Read, convert and tokenize once into <cache_dir>/<key>/ (Arrow, memory-mapped), shared by every job and rank
+    # whose data tokenizes the same (hydralign/data/cache.py); false: tokenize in this job's memory
+    cache: bool = True
+    cache_dir: Optional[str] = None  # null: <cwd>/outputs/cache/tokenized
 
 
 @dataclass

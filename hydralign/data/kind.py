@@ -20,6 +20,7 @@ from hydralign.data.tokenize import TokenizeStats, encode
 
 class DataKind:
     name: ClassVar[str] = "sft"
+    seeded: ClassVar[bool] = False  # does encoding draw from the data seed (KTO's twins)?
 
     def converter(self, dcfg: Any, skipped: dict[str, dict[str, int]]) -> Callable[[Any, str, str], Any]:
         """(record, origin, split) -> an item, or None for a record skipped (counted in ``skipped[split]``)."""
@@ -34,6 +35,10 @@ class DataKind:
                ) -> tuple[list, TokenizeStats]:
         d = cfg.data
         return encode(tokenizer, template, items, d.max_seq_len, d.overlong, not cfg.method.completion_only)
+
+    def assemble(self, sequences: tuple, fields: dict[str, Any]) -> Any:
+        """An encoded item from its sequences and per-item fields, as the tokenized cache stores them."""
+        return sequences[0]
 
     def conversations(self, items: list) -> list[list[dict]]:
         """Each item as prompt + reference answer: what validation generates from and scores against."""

@@ -22,11 +22,13 @@ one row.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
 import torch
 
+from hydralign.data.mapped import item_lengths
 from hydralign.data.preference import PairExample
 from hydralign.data.tokenize import IGNORE, Example
 
@@ -71,9 +73,9 @@ def pack_rows(lengths: list[int], capacity: int, seed: int) -> list[list[int]]:
     return rows
 
 
-def packed_items(examples: list, units: list[int], capacity: int, seed: int) -> list[PackedRow]:
-    """The train split as packed rows (``data.packing=packed``)."""
-    lengths = [item_length(e) for e in examples]
+def packed_items(examples: Sequence, units: list[int], capacity: int, seed: int) -> list[PackedRow]:
+    """The train split as packed rows (``data.packing=packed``); a memory-mapped split gives its lengths column."""
+    lengths = item_lengths(examples)
     return [PackedRow(tuple(r), sum(units[i] for i in r))
             for r in pack_rows(lengths, capacity, seed)]
 

@@ -72,12 +72,18 @@ def read_files(paths: list[str]) -> list[tuple[Any, str]]:
     return records
 
 
-def read_hub(hub_id: str, config: Optional[str], split: str) -> list[tuple[Any, str]]:
+def read_hub(hub_id: str, config: Optional[str], split: str, revision: Optional[str] = None) -> list[tuple[Any, str]]:
     """A hub data set (or a local data-set directory/script path) through ``datasets.load_dataset``."""
     import datasets
 
-    ds = datasets.load_dataset(hub_id, config, split=split)
+    ds = datasets.load_dataset(hub_id, config, split=split, revision=revision)
     return [(rec, f"{hub_id}[{split}] row {i}") for i, rec in enumerate(ds)]
+
+
+def data_seed(cfg: Any) -> int:
+    """The data's seed: ``data.seed``, or the run's seed when it is null (held-out split, mixture, KTO's twins)."""
+    seed = cfg.data.get("seed") if hasattr(cfg.data, "get") else getattr(cfg.data, "seed", None)
+    return int(cfg.seed if seed is None else seed)
 
 
 def _check_messages(messages: Any, origin: str, field: str) -> list[dict]:

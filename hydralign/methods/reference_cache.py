@@ -14,26 +14,20 @@ read. A file whose key, shapes or checksum disagree (partial, corrupt, stale) is
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from omegaconf import OmegaConf
 
+from hydralign.checked_files import fsync_path, hash_file, locked
+
 SPLITS = ("train", "val")
-
-
-def _hash_file(path: Path, h: Any) -> None:
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
 
 
 def weights_identity(cfg: Any) -> dict[str, Any]:
@@ -64,7 +58,7 @@ def weights_identity(cfg: Any) -> dict[str, Any]:
     if files:
         h = hashlib.sha256()
         for f in files:
-            _hash_file(f, h)
+            hash_file(f, h)
         ident["weights_sha256"] = h.hexdigest()
     return ident
 
@@ -86,7 +80,7 @@ def cache_key(cfg: Any, data: Any) -> tuple[str, dict[str, Any]]:
     files = {}
     for f in list(dcfg.train_files) + list(dcfg.val_files):
         h = hashlib.sha256()
-        _hash_file(Path(f).expanduser(), h)
+        hash_file(Path(f).expanduser(), h)
         files[str(f)] = h.hexdigest()
     described = {
         "reference": weights_identity(cfg),
@@ -129,13 +123,12 @@ def read_checked(path: Path, key: str, names: set[str]) -> Optional[dict[str, to
 def write_checked(cache_dir: Path, path: Path, key: str, tensors: dict[str, torch.Tensor],
                   described: dict[str, Any]) -> None:
     """``tensors`` into ``path`` with its key and checksum in the metadata (temporary name, fsync, rename),
-    and ``<key>.json`` describing what it holds. Call it holding ``_locked``."""
+    and ``<key>.json`` describing what it holds. Call it holding ``locked``."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"key": key, "checksum": _checksum(tensors)})
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    fsync_path(tmp)
     os.replace(tmp, path)
     (cache_dir / f"{key}.json").write_text(json.dumps(described, indent=2, sort_keys=True))
 
@@ -147,24 +140,13 @@ def _load_valid(path: Path, key: str, sizes: dict[str, int]) -> Optional[dict[st
     return tensors
 
 
-@contextmanager
-def _locked(lock: Path):
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def load_or_compute(cache_dir: Path, key: str, described: dict[str, Any], sizes: dict[str, int],
                     compute: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The cached tensors ({split: [N, 2] float32}) and a report {"hit": bool, "seconds": ..., "path": ...}.
     ``compute`` runs at most once across every process sharing ``cache_dir``."""
     path = cache_dir / f"{key}.safetensors"
     started = time.time()
-    with _locked(cache_dir / f"{key}.lock"):
+    with locked(cache_dir / f"{key}.lock"):
         cached = _load_valid(path, key, sizes)
         if cached is not None:
             return cached, {"hit": True, "seconds": time.time() - started, "path": str(path)}

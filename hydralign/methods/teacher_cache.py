@@ -23,7 +23,8 @@ from typing import Any, Optional
 
 import torch
 
-from hydralign.methods.reference_cache import _hash_file, _locked, read_checked, write_checked
+from hydralign.checked_files import hash_file, locked
+from hydralign.methods.reference_cache import read_checked, write_checked
 
 SPLITS = ("train", "val")
 
@@ -40,7 +41,7 @@ def cache_key(teacher_dir: Path, dtype: str, precision: str, max_new_tokens: int
               prompts: dict[str, Sequence[Sequence[int]]]) -> tuple[str, dict[str, Any]]:
     h = hashlib.sha256()
     for f in sorted(teacher_dir.glob("*.safetensors")):
-        _hash_file(f, h)
+        hash_file(f, h)
     described = {
         "teacher": {"path": str(teacher_dir), "weights_sha256": h.hexdigest(), "dtype": dtype,
                     "precision": precision},
@@ -82,7 +83,7 @@ def load_or_generate(cache_dir: Path, key: str, described: dict[str, Any], sizes
     most once across every process sharing ``cache_dir``."""
     path = cache_dir / f"{key}.safetensors"
     started = time.time()
-    with _locked(cache_dir / f"{key}.lock"):
+    with locked(cache_dir / f"{key}.lock"):
         cached = _load_valid(path, key, sizes)
         if cached is not None:
             return cached, {"hit": True, "seconds": time.time() - started, "path": str(path)}

@@ -28,6 +28,7 @@ from hydralign.plan.length import (
     warmup_steps,
 )
 from hydralign.plan.memory import MemoryEstimate, estimate_memory, memory_inputs
+from hydralign.plan.mixture import MixtureSource, check_mixture
 from hydralign.plan.memory_evaluation import estimate_with_evaluation
 from hydralign.plan.packing import check_packing
 from hydralign.plan.rollout import GRPO_UNITS, RolloutPlan, generator_devices, rollout_sizes
@@ -70,6 +71,7 @@ class Plan:
     max_tokens_per_micro: Optional[int] = None  # packed: tokens per row; batch sizes then count rows
     harness_every: str = "none"  # lm-eval during training: none | end | checkpoint | validation (plan.harness)
     harness_tasks: tuple[str, ...] = ()  # its lm-eval task or group names
+    mixture: tuple[MixtureSource, ...] = ()  # data.mixture, source by source (plan.mixture)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -126,6 +128,7 @@ def _config_plan(cfg: Any) -> Plan:
     _check_loss_chunk(cfg, spec, strategy)
     packing, row_tokens = check_packing(cfg, spec)
     harness_every = check_harness(cfg)
+    mixture = check_mixture(cfg)
     rollout: Optional[RolloutPlan] = None
     if spec.data_kind == "prompts":
         rollout, micro, grad_accum = rollout_sizes(cfg, world, spec.schema)
@@ -154,7 +157,7 @@ def _config_plan(cfg: Any) -> Plan:
         memory=_memory(cfg, spec, packing, micro, sequences, length), rollout=rollout,
         checkpoint_every_n_steps=ckpt_every, packing=packing,
         max_tokens_per_micro=row_tokens if packing == "packed" else None,
-        harness_every=harness_every, harness_tasks=tuple(setting(cfg, "eval.harness.tasks") or ()),
+        harness_every=harness_every, harness_tasks=tuple(setting(cfg, "eval.harness.tasks") or ()), mixture=mixture,
     )
 
 

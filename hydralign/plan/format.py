@@ -7,6 +7,7 @@ from typing import Any
 
 from hydralign.plan.core import Plan
 from hydralign.plan.memory import format_memory
+from hydralign.plan.mixture import format_mixture
 from hydralign.plan.packing import PACKING_TEXT
 from hydralign.plan.rollout import format_rollout
 
@@ -32,6 +33,7 @@ def format_plan(plan: Plan, title: str = "plan") -> str:
         ("packing", PACKING_TEXT[plan.packing].format(n=plan.max_tokens_per_micro)),
         ("loss normalized by", f"{plan.loss_unit} of the whole step (data: {plan.data_kind})"),
         ("frozen models", "; ".join(plan.frozen_models) or "none"),
+        *format_mixture(plan.mixture),
         ("train rows (packed)" if plan.packing == "packed" else "train examples", show(plan.num_train_examples)),
         ("steps per epoch", show(plan.steps_per_epoch)),
         ("total steps", show(plan.total_steps)),

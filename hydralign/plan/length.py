@@ -10,6 +10,7 @@ from hydralign.config.choices import OPTIMIZERS, SCHEDULES
 from hydralign.config.read import setting
 from hydralign.data.arithmetic import check_balanced_fraction  # pure: random and errors only
 from hydralign.errors import ConfigError
+from hydralign.plan.mixture import check_mixture, mixture_count
 from hydralign.plan.rollout import RolloutPlan, rollout_steps
 
 MAX_SEED = 2**32 - 1  # Lightning's seed_everything accepts [0, 2^32)
@@ -24,6 +25,11 @@ def config_train_count(cfg: Any, packing: str, per_record: int = 1) -> Optional[
     if setting(cfg, "data.source") == "arithmetic":
         check_balanced_fraction(float(setting(cfg, "data.arithmetic.balanced_fraction")))
         return int(setting(cfg, "data.arithmetic.num_train")) * per_record
+    if setting(cfg, "data.source") == "mixture":
+        n = mixture_count(check_mixture(cfg))
+        if n is None or setting(cfg, "data.val_files"):
+            return n
+        return n - max(1, int(round(n * float(setting(cfg, "data.val_fraction") or 0.0))))
     if setting(cfg, "data.num_examples") is not None:
         n = int(setting(cfg, "data.num_examples"))
         return n - int(round(n * float(setting(cfg, "data.val_fraction") or 0.0)))

@@ -38,7 +38,7 @@ def record_start(built: Built, cfg: DictConfig, run_dir: Path, recorder: RunReco
     if plan.strategy == "deepspeed":  # the config DeepSpeed runs with, as generated from the plan
         write_json(run_dir / DEEPSPEED_CONFIG_FILE, deepspeed_config(plan, cfg))
         artifacts = (run_dir / DEEPSPEED_CONFIG_FILE,)
-    extra = {k: v for s, st in built.data.stats.items() for k, v in st.as_metrics(s).items()}
+    extra = built.data.prepared.metrics()  # the data counts, the data stage's seconds, cache hit, mixture
     if report is not None:
         extra.update({"reference/cache_hit": float(report["hit"]), "reference/precompute_seconds": report["seconds"]})
     recorder.log_start(plan, run_dir, extra, artifacts)

@@ -7,7 +7,7 @@ from typing import Any
 
 from hydralign.data.arithmetic import preference_records
 from hydralign.data.kind import DataKind
-from hydralign.data.preference import PairFields, encode_pairs, to_pair
+from hydralign.data.preference import PairExample, PairFields, encode_pairs, to_pair
 from hydralign.data.templates import ChatTemplate
 from hydralign.data.tokenize import TokenizeStats
 
@@ -34,6 +34,9 @@ class PreferenceKind(DataKind):
         stats = TokenizeStats(total=len(items) + sum(skipped.values()), dropped_empty=skipped.get("empty", 0),
                               dropped_identical=skipped.get("identical", 0))
         return encode_pairs(tokenizer, template, items, cfg.data.max_seq_len, cfg.data.overlong, stats), stats
+
+    def assemble(self, sequences: tuple, fields: dict[str, Any]) -> PairExample:
+        return PairExample(*sequences)
 
     def conversations(self, items: list) -> list[list[dict]]:
         """A pair's prompt, answered by its chosen answer."""

@@ -15,9 +15,10 @@ from hydralign.data.arithmetic import preference_records
 from hydralign.data.batching import TrainMicroBatches, collate
 from hydralign.data.kind import DataKind
 from hydralign.data.preference import PairFields
+from hydralign.data.readers import data_seed
 from hydralign.data.templates import ChatTemplate
 from hydralign.data.tokenize import TokenizeStats
-from hydralign.data.unpaired import UnpairedFields, encode_unpaired, to_unpaired
+from hydralign.data.unpaired import UnpairedExample, UnpairedFields, encode_unpaired, to_unpaired
 
 
 class StepTwins(TrainMicroBatches):
@@ -45,6 +46,7 @@ class StepTwins(TrainMicroBatches):
 
 class UnpairedKind(DataKind):
     name = "unpaired"
+    seeded = True
 
     def converter(self, dcfg: Any, skipped: dict[str, dict[str, int]]) -> Callable[[Any, str, str], Any]:
         fields = UnpairedFields(dcfg.prompt_field, dcfg.completion_field, dcfg.label_field,
@@ -68,7 +70,10 @@ class UnpairedKind(DataKind):
         stats = TokenizeStats(total=len(flat) + sum(skipped.values()), dropped_empty=skipped.get("empty", 0),
                               dropped_identical=skipped.get("identical", 0))
         d = cfg.data
-        return encode_unpaired(tokenizer, template, flat, d.max_seq_len, d.overlong, stats, int(cfg.seed)), stats
+        return encode_unpaired(tokenizer, template, flat, d.max_seq_len, d.overlong, stats, data_seed(cfg)), stats
+
+    def assemble(self, sequences: tuple, fields: dict[str, Any]) -> UnpairedExample:
+        return UnpairedExample(sequences[0], sequences[1], bool(fields["desirable"]))
 
     def conversations(self, items: list) -> list[list[dict]]:
         """A record's prompt, answered by its desirable completion (records without one are not generated from)."""
