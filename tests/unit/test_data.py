@@ -85,6 +85,17 @@ def test_chatml_render_and_mask(tok):
     assert ex.num_loss_tokens == 2 and stats.kept == 1
 
 
+def test_a_batch_encodes_each_conversation_as_alone(tok):
+    """Segments shared between conversations (role headers, end-of-turn markers, a repeated answer) are tokenized
+    once for the batch: every example still equals its conversation encoded on its own."""
+    convs = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+             for p, a in [("1+2=", "3"), ("2+1=", "3"), ("1+2=", "3"), ("10+5=", "51")]] + [CHAT]
+    for template in (CHATML, TULU):
+        together = encode(tok, template, convs, max_len=512, overlong="truncate")[0]
+        alone = [encode(tok, template, [c], max_len=512, overlong="truncate")[0][0] for c in convs]
+        assert [(e.input_ids, e.labels) for e in together] == [(e.input_ids, e.labels) for e in alone]
+
+
 def test_tulu_render_and_mask(tok):
     ex = encode(tok, TULU, [CHAT[1:]], max_len=512, overlong="truncate")[0][0]
     assert ex.input_ids[0] == tok.bos_token_id
