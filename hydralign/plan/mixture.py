@@ -113,8 +113,9 @@ def format_mixture(sources: tuple[MixtureSource, ...]) -> list[tuple[str, Any]]:
         if s.count is None:
             what = f"{take} of a source counted once read"
         else:
-            what = f"{s.count} ({take}" + (f" of {s.size}" if s.size is not None else "") + ")"
-            if s.repeat and s.size and s.count > s.size:
-                what += f", repeated: x{s.count / s.size:.3g}"
+            what = f"{s.count} ({take}" + (f" of {s.size}" if s.size is not None else "")
+            what += f", repeated x{s.count / s.size:.3g})" if s.repeat and s.size and s.count > s.size else ")"
+        if s.repeat and s.size is None:
+            what += " (repeat: true, a count above the source's size repeats it)"
         rows.append((f"  {s.name}", what))
     return rows
