@@ -59,3 +59,32 @@ def test_hit_trains_bitwise_like_no_cache_and_logs_it(tmp_path):
     counts = [k for k in logged["off"] if k.startswith(("data/train_", "data/val_"))]
     assert "data/train_truncated" in counts
     assert all(logged["miss"][k] == logged["hit"][k] == logged["off"][k] for k in counts)
+
+
+def test_prepare_builds_what_the_run_then_hits(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    data = write_chat(tmp_path / "chat.jsonl", 200)
+    overrides = ["data=jsonl", f"data.train_files=[{data}]", "data.val_fraction=0.05", "data.max_seq_len=48"]
+
+    def hydralign(module: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=300, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+
+    prepared = hydralign("hydralign.prepare", *overrides)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    key = prepared.stdout.split("key")[1].split()[0]
+    folder = tmp_path / "outputs" / "cache" / "tokenized" / key
+    assert f"built {folder}" in prepared.stdout and (folder / "manifest.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.jsonl", "outputs"]  # no run folder of its own
+    trained = hydralign("hydralign", *overrides, "lr=0.01", "trainer.max_steps=2", "eval.every_n_steps=2",
+                        "batch.effective=8", "eval.num_generate=2", "logger=none", "checkpoint.export_hf=false",
+                        f"hydra.run.dir={tmp_path / 'run'}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert f"cache hit: {folder} (key {key}" in trained.stdout
+    refused = hydralign("hydralign.prepare", "data=jsonl", "data.source=mixture",
+                        f"data.mixture=[{{source: {data}, take: 500, num_examples: 200}}]", "data.val_fraction=0.05")
+    assert refused.returncode == 2 and "take=500 asks for more records than the source has (200)" in refused.stderr
