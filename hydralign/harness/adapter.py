@@ -13,6 +13,7 @@ and repeated in each later evaluation's JSON.
 from __future__ import annotations
 
 import difflib
+import functools
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -94,20 +95,38 @@ def chat_template_on(settings: HarnessSettings, tokenizer: Any) -> bool:
 
 
 def evaluate(model: Any, tokenizer: Any, settings: HarnessSettings, manager: Any,
-             stop_token_ids: Optional[list[int]] = None) -> dict[str, Any]:
-    """``simple_evaluate``'s results for the model as it is now (its own device); the samples are not kept."""
+             stop_token_ids: Optional[list[int]] = None, synced: bool = False) -> Optional[dict[str, Any]]:
+    """``simple_evaluate``'s results for the model as it is now (its own device); the samples are not kept.
+    ``synced``: the weights are sharded over the ranks (FSDP2, ZeRO-3) and every rank calls this with the same
+    settings: each runs all requests in the same order, so their forwards (which gather the layers) pair up, and
+    generation keeps them in step (``generate(synced_gpus=True)``) should one rank's rows stop earlier. The results
+    come back where ``LOCAL_RANK`` is 0 (lm-eval's rule), None on the other ranks of a node."""
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
 
     chat = chat_template_on(settings, tokenizer)
     with _isolated(model, stop_token_ids), mock.patch("lm_eval.evaluator.add_env_info", _environment_once):
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
+        lm = _wrapper(synced)(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size)
         results = simple_evaluate(model=lm, tasks=list(settings.tasks), num_fewshot=settings.num_fewshot,
                                   limit=settings.limit, apply_chat_template=chat, fewshot_as_multiturn=chat,
                                   gen_kwargs=settings.gen_kwargs, task_manager=manager, log_samples=False)
-    if results is None:
+    if results is None and not synced:
         raise RuntimeError("lm_eval.simple_evaluate returned no results (it answers only on its rank 0)")
     return results
+
+
+@functools.cache
+def _wrapper(synced: bool) -> type:
+    """lm-eval's ``HFLM``, or for sharded weights a subclass whose generation keeps the ranks in step."""
+    from lm_eval.models.huggingface import HFLM
+
+    if not synced:
+        return HFLM
+
+    class SyncedHFLM(HFLM):
+        def _model_generate(self, context, max_length, stop, **generation_kwargs):
+            return super()._model_generate(context, max_length, stop, synced_gpus=True, **generation_kwargs)
+
+    return SyncedHFLM
 
 
 def _environment_once(storage: dict[str, Any]) -> None:

@@ -13,11 +13,12 @@ Each evaluation, on global rank 0:
 - the newest metrics kept (``latest``): ``run.fit`` returns them with the run's metrics (``metrics.json``, a sweep's
   ``optimized_metric=eval/<task>/<metric>``).
 
-Several ranks: rank 0 evaluates the whole model while the others wait at a barrier (so the numbers are one
-process's). DDP: every rank already holds it. FSDP2: the shards are gathered into a plain CPU copy on rank 0
-(``distributed.fsdp.whole_weights``, the same gather as the Hugging Face export), which rank 0 holds on its device
-for the evaluation (the plan's memory estimate counts it: ``plan.memory_evaluation``). DeepSpeed ZeRO-3: its partitions are gathered in place for the duration. A long evaluation keeps the
-other ranks waiting: raise ``hardware.dist_timeout_min`` past it.
+Several ranks, the numbers always one process's: DDP (every rank holds the whole model): rank 0 evaluates while the
+others wait at a barrier. Sharded weights (FSDP2, DeepSpeed): no rank holds the whole model; every rank runs the
+same lm-eval requests in the same order on its shards, so each forward gathers one layer at a time as in training
+(generation kept in step with ``synced_gpus``), and rank 0 records the results (``adapter.evaluate(synced=True)``).
+The plan's memory estimate counts rank 0 during evaluation (``plan.memory_evaluation``). A long evaluation keeps
+the ranks from training: raise ``hardware.dist_timeout_min`` past it.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class HarnessEvaluation(Callback):
 
     def setup(self, trainer, module, stage: str) -> None:
         """Task names are checked before training starts (an unknown one fails the run now, not at step N)."""
-        if trainer.is_global_zero and self.manager is None:
+        if (trainer.is_global_zero or module.sharded_generation()) and self.manager is None:
             self.manager = task_manager(self.settings)
 
     def on_validation_end(self, trainer, module) -> None:
@@ -62,26 +63,25 @@ class HarnessEvaluation(Callback):
 
     def evaluate(self, trainer, module) -> Optional[dict[str, float]]:
         """Evaluate the policy at this optimizer step (once per step; collective: every rank calls it)."""
-        from hydralign.distributed.fsdp import whole_weights
-
         step = trainer.global_step
         if step in self._done:
             return self.evaluated.get(step)
         self._done.add(step)
         metrics = None
-        with whole_weights(module.model, self.plan, self.cfg, module.tokenizer) as model:  # sharded: all ranks
+        sharded = module.sharded_generation()  # every rank runs the same requests on the shards
+        if trainer.is_global_zero or sharded:
+            started = time.time()
+            if self.manager is None:
+                self.manager = task_manager(self.settings)
+            results = evaluate(module.model, module.tokenizer, self.settings, self.manager, module.stop_token_ids,
+                               synced=sharded)
             if trainer.is_global_zero:
-                model = model.to(module.device)  # FSDP2's gathered copy is on the CPU: rank 0's device
-                started = time.time()
-                if self.manager is None:
-                    self.manager = task_manager(self.settings)
-                results = evaluate(model, module.tokenizer, self.settings, self.manager, module.stop_token_ids)
-                metrics = self._record(trainer, step, results, time.time() - started)
+                metrics = self._record(trainer, step, results, time.time() - started, sharded)
         if trainer.world_size > 1:
             trainer.strategy.barrier("harness evaluation")
         return metrics
 
-    def _record(self, trainer, step: int, results: dict, seconds: float) -> dict[str, float]:
+    def _record(self, trainer, step: int, results: dict, seconds: float, sharded: bool) -> dict[str, float]:
         metrics = flatten_results(results)
         self.evaluated[step] = metrics
         self.latest = dict(metrics)  # Lightning's callback_metrics never hold these (logged to the loggers)
@@ -95,7 +95,8 @@ class HarnessEvaluation(Callback):
             logger.log_metrics({**metrics, "time/harness_seconds": seconds}, step=step)
         self._log_mlflow(trainer, results, out)
         shown = ", ".join(f"{k.removeprefix('eval/')} {v:.4g}" for k, v in sorted(metrics.items()))
-        print(f"lm-eval at step {step} ({seconds:.1f} s): {shown}", flush=True)
+        where = f", {trainer.world_size} ranks on their shards" if sharded else ""
+        print(f"lm-eval at step {step} ({seconds:.1f} s{where}): {shown}", flush=True)
         return metrics
 
     def _log_mlflow(self, trainer, results: dict, artifact: Path) -> None:

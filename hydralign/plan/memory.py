@@ -384,8 +384,8 @@ def format_memory(est: Optional[MemoryEstimate]) -> list[tuple[str, str]]:
             ("  of which", f"{parts} ({est.tokens_per_micro} tokens per micro-batch, "
                            f"{est.trainable_params:.3g} trainable parameters)")]
     if est.evaluation_gib is not None:
-        rows.append(("  evaluating (rank 0)", f"{gib(est.evaluation_gib)} while lm-eval runs (the whole model and one "
-                                              "batch, beside the training state)"))
+        rows.append(("  evaluating (rank 0)", f"{gib(est.evaluation_gib)} while lm-eval runs (one batch beside the "
+                                              "training state)"))
     rows += [("  note", n) for n in est.notes]
     if est.fits is False:
         rows.append(("  to fit, try", "; ".join(est.suggestions) if est.suggestions

@@ -6,10 +6,8 @@ freed, the training state is not. Rank 0's peak during it, in GiB:
 
   resident     parameters, gradients (not freed until the next step's zero_grad), optimizer states and frozen
                models, as the training estimate counts them.
-  whole copy   lm-eval sees the whole model on one process. Sharded parameters are gathered first: under FSDP2 a
-               plain copy of every weight in the weights' dtype (``distributed.fsdp.whole_weights``: P x bytes per
-               weight, besides the shards); under ZeRO-3 the partitions are gathered in place (P x 2 bytes with
-               mixed precision, less the rank's own partition). Unsharded (single device, DDP, ZeRO-1/2): nothing.
+               No whole copy: sharded weights (FSDP2, ZeRO-3) stay sharded, every rank running the same requests,
+               each forward gathering the layers as training's does (counted in parameters already).
   forward      one of lm-eval's batches (``eval.harness.batch_size``, null: ``eval.batch_size``) of S tokens, S =
                ``data.max_seq_len`` (lm-eval's requests as long as the training rows; longer few-shot prompts hold
                more), without gradients, in the weights' dtype r: the KV cache (2 x layers x kv x r per token), one
@@ -31,21 +29,14 @@ def evaluation_peak(m: MemoryInputs, est: MemoryEstimate) -> tuple[float, tuple[
     """Rank 0's bytes while lm-eval evaluates a batch of ``m.eval_batch`` rows beside the training state of
     ``est``, and the notes that go with them."""
     resident = (est.parameters_gib + est.gradients_gib + est.optimizer_gib + est.frozen_gib) * GIB
-    stage = int(m.zero_stage or 0) if m.strategy == "deepspeed" else 0
-    if m.strategy == "fsdp" and m.world > 1:
-        whole = m.params * m.weight_bytes
-    elif stage == 3 and m.world > 1:
-        whole = m.params * (2 if m.mixed else m.weight_bytes) * (1 - 1 / m.world)
-    else:
-        whole = 0.0
     arch = m.arch
     if arch is None:
-        return resident + whole, ("evaluating: lm-eval's forward unknown (the card gives no architecture); counted: "
-                                  "the training state and the whole copy",)
+        return resident, ("evaluating: lm-eval's forward unknown (the card gives no architecture); counted: the "
+                          "training state",)
     tokens, r = int(m.eval_batch or 1) * m.seq_len, m.weight_bytes
     forward = tokens * (2 * arch.layers * arch.kv * r + (3 * arch.hidden + 2 * arch.intermediate) * r
                         + arch.vocab * 2 * r)
-    return resident + whole + forward, ()
+    return resident + forward, ()
 
 
 def estimate_with_evaluation(m: MemoryInputs) -> MemoryEstimate:
