@@ -41,7 +41,7 @@ def _job_title() -> str:
 
 def task(cfg: DictConfig) -> Optional[float]:
     started = time.time()
-    from hydralign.distributed.machine import check_machine
+    from hydralign.distributed.machine import check_generation_backend, check_machine
     from hydralign.plan.core import make_plan
     from hydralign.plan.format import format_plan
 
@@ -55,6 +55,7 @@ def task(cfg: DictConfig) -> Optional[float]:
         _refuse_slurm_single_run()
         join_slurm_step()  # a task of a SLURM job (submitit, srun): this process is one rank of it
         check_machine(cfg.hardware)
+        check_generation_backend(cfg)  # generation.backend=vllm: the package the generator processes import
         from hydralign.run.console import configure_console
         from hydralign.run.job import objective, run
 

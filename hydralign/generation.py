@@ -98,3 +98,61 @@ def sample(model: Any, prompts: Sequence[Sequence[int]], pad_id: int, stop_ids: 
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
     rows = torch.stack(new, dim=1).tolist() if new else [[] for _ in prompts]
     return cut_at_stop(rows, stop_ids, keep_stop)
+
+
+# --- online RL: groups of samples per prompt (GRPO's rollouts, in the learners or in generator processes) -----------
+def rollout_seed(seed: int, rollout_index: int, shard: int) -> int:
+    """The sampling seed of rollout batch ``rollout_index`` for the prompts of learner ``shard``: a pure function,
+    so a resumed run, and a generator process sampling for that learner, draw the same completions."""
+    return ((seed * 1_000_003 + rollout_index) * 4099 + shard) % (2 ** 63)
+
+
+def position_ids(attention: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (left padding), as ``generate`` uses them."""
+    return (attention.cumsum(dim=1) - 1).clamp(min=0)
+
+
+def completion_logps(model: Any, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
+                     width: int, temperature: float) -> torch.Tensor:
+    """Log-probs [B, T] of the completion tokens ``ids[:, width:]`` under ``model`` at ``temperature``."""
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
+    logits = logits[:, width - 1:-1].float() / temperature
+    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, width:].unsqueeze(-1)).squeeze(-1)
+
+
+@torch.no_grad()
+def sample_groups(model: Any, prompts: Sequence[Sequence[int]], generations: int, pad_id: int,
+                  stop_ids: Sequence[int], max_new_tokens: int, temperature: float, seed: int, device: torch.device,
+                  synced: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(prompt + completion ids [N, Wp + T], attention over the prompt part [N, Wp], Wp) for every prompt repeated
+    ``generations`` times (adjacent), sampled at ``temperature`` (top_k 0, top_p 1) with Hugging Face ``generate``
+    under a forked RNG seeded by ``seed``."""
+    ids, mask = left_pad([p for p in prompts for _ in range(generations)], pad_id)
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        out = model.generate(
+            input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True, temperature=float(temperature),
+            top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, eos_token_id=list(stop_ids), pad_token_id=pad_id,
+            use_cache=True, synced_gpus=synced)
+    return out, mask.to(device), ids.shape[1]
+
+
+def finish_rollout(out: torch.Tensor, prompt_mask: torch.Tensor, width: int, stop_ids: Sequence[int],
+                   pad_id: int) -> dict[str, torch.Tensor]:
+    """Sampled rows [N, Wp + T] -> the completion through its first stop token (as TRL; later tokens padded), and
+    the ids, attention and positions the loss's forward passes use: ``ids``, ``attention``, ``positions``
+    [N, Wp + T], ``completion``, ``completion_mask`` [N, T], ``stopped`` [N] and ``first`` [N] (the stop's column,
+    T where none came)."""
+    completion = out[:, width:]
+    t = completion.shape[1]
+    is_stop = torch.isin(completion, torch.tensor(list(stop_ids), device=completion.device))
+    stopped = is_stop.any(dim=1)
+    first = torch.where(stopped, is_stop.int().argmax(dim=1), torch.full_like(stopped, t, dtype=torch.long))
+    cols = torch.arange(t, device=completion.device).unsqueeze(0)
+    completion_mask = (cols <= first.unsqueeze(1)) & (cols < t)
+    completion = torch.where(completion_mask, completion, torch.full_like(completion, pad_id))
+    ids = torch.cat([out[:, :width], completion], dim=1)
+    attention = torch.cat([prompt_mask.to(completion.device), completion_mask.long()], dim=1)
+    return {"ids": ids, "attention": attention, "positions": position_ids(attention), "completion": completion,
+            "completion_mask": completion_mask, "stopped": stopped, "first": first}

@@ -86,7 +86,9 @@ class HardwareConfig:
     nodes: int = 1
     devices_per_node: int = 1
     # Online RL: how many of the nodes x devices_per_node devices only generate (Tulu 3: 7 learners + 1 vLLM
-    # generator); the others are the learners (world_size). Only 0 runs here: the learners generate.
+    # generator); the others are the learners (world_size). 0: the learners generate between their steps; N >= 1:
+    # N generator processes beside the learners sample rollouts and receive the learners' weights
+    # (method.weight_sync_steps), method.max_staleness rollout batches ahead (hydralign/rollout_workers/).
     generator_devices: int = 0
     precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed | bf16-true
     device_memory_gb: Optional[float] = None  # memory of one device (GPU presets), for the plan's memory estimate
@@ -279,6 +281,15 @@ class CheckpointConfig:
 
 
 @dataclass
+class GenerationConfig:
+    """How online RL samples its rollouts (the generator processes, hardware.generator_devices >= 1)."""
+
+    backend: str = "hf"  # hf: Hugging Face generate (CPU and GPU) | vllm: vLLM's engine (CUDA, `pip install vllm`)
+    vllm_gpu_memory_utilization: float = 0.5  # vllm: the share of the generator GPU its engine may take
+    vllm_dtype: str = "auto"  # vllm: the engine's weight dtype (auto: the model config's)
+
+
+@dataclass
 class Config:
     lr: float = 1e-3
     seed: int = 0
@@ -302,6 +313,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     # Passed through to lightning.Trainer. trainer.max_steps or trainer.max_epochs sets the length
     # of training; the plan turns epochs into optimizer steps.
     trainer: dict[str, Any] = field(default_factory=dict)

@@ -80,11 +80,13 @@ def rank_env(rank: int, world: int, port: int, extra: dict[str, str]) -> dict[st
 
 
 def supervise(commands: list[list[str]], envs: list[dict[str, str]], log_dir: Path,
-              poll_s: float = 0.2, grace_s: float = 15.0) -> None:
+              poll_s: float = 0.2, grace_s: float = 15.0, helpers: int = 0) -> None:
     """Run one process per rank; rank 0 writes to this console, the others to ``rank<N>.log``. The
     first rank to fail (in time) ends the job: the others get SIGHUP, then SIGKILL after ``grace_s``. A stop
     signal (SIGTERM, SIGUSR1/2) to this process is passed on to every rank: they checkpoint and stop together,
-    and this raises ``Preempted``."""
+    and this raises ``Preempted``. The last ``helpers`` processes (generator processes) serve the others: one that
+    fails ends the job too, and once every other process has ended they are stopped (SIGHUP) and their exit
+    codes do not count."""
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen] = []
     logs = []
@@ -92,21 +94,22 @@ def supervise(commands: list[list[str]], envs: list[dict[str, str]], log_dir: Pa
     LISTENER.also = lambda sig: [p.send_signal(sig) for p in procs if p.poll() is None]
     LISTENER.listen()
     try:
-        _supervise(procs, logs, commands, envs, log_dir, poll_s, grace_s)
+        _supervise(procs, logs, commands, envs, log_dir, poll_s, grace_s, helpers)
     finally:
         LISTENER.restore()
         LISTENER.also = None
 
 
 def _supervise(procs: list, logs: list, commands: list[list[str]], envs: list[dict[str, str]], log_dir: Path,
-               poll_s: float, grace_s: float) -> None:
+               poll_s: float, grace_s: float, helpers: int = 0) -> None:
     for rank, (cmd, env) in enumerate(zip(commands, envs)):
         out = None if rank == 0 else open(log_dir / f"rank{rank}.log", "w")  # noqa: SIM115 (closed below)
         logs.append(out)
         procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None))
     failed: Optional[int] = None
     try:
-        while None in [p.poll() for p in procs]:  # poll every rank each time (any() would stop early)
+        main = len(procs) - helpers
+        while None in [p.poll() for p in procs][:main]:  # poll every rank each time (any() would stop early)
             bad = [r for r, p in enumerate(procs) if p.returncode not in (None, 0, PREEMPTED_EXIT)]
             if bad:
                 failed = bad[0]
@@ -115,7 +118,11 @@ def _supervise(procs: list, logs: list, commands: list[list[str]], envs: list[di
     except KeyboardInterrupt:
         failed = -1
     finally:
-        if failed is not None:
+        if failed is None:  # the ranks have ended: the generator processes serving them stop too
+            for p in procs[len(procs) - helpers:]:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGHUP)
+        if failed is not None or helpers:
             for p in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGHUP)  # not SIGTERM: that asks a rank for a checkpoint first
@@ -132,6 +139,8 @@ def _supervise(procs: list, logs: list, commands: list[list[str]], envs: list[di
     if failed == -1:
         raise KeyboardInterrupt
     codes = [p.returncode for p in procs]
+    if failed is None and helpers:  # stopped because the ranks were done: their codes do not count
+        codes = codes[:len(procs) - helpers]
     bad = [r for r, c in enumerate(codes) if c != 0]
     if not bad:
         return
@@ -140,6 +149,8 @@ def _supervise(procs: list, logs: list, commands: list[list[str]], envs: list[di
         args = json.loads(stopped.read_text()) if stopped.is_file() else [LISTENER.names(), -1, None, False]
         raise Preempted(args[0], args[1], args[2], bool(args[3]) or LISTENER.warned)
     first = failed if failed is not None else bad[0]
+    if first >= len(procs) - helpers:  # a generator lost its learner: the learner's own error says why
+        first = next((r for r in range(len(procs) - helpers) if _error_text(log_dir, r)), first)
     if codes[first] == PRUNED_EXIT or (first != 0 and codes[0] == PRUNED_EXIT):
         import optuna
 
@@ -191,11 +202,19 @@ def launch(cfg: Any, run_dir: Path) -> dict[str, float]:
     job = hydra_job()
     if job is not None:
         extra[JOB_ENV] = json.dumps({"num": job[0], "overrides": job[1]})
-    world, port = int(hw.devices_per_node), _free_port()
+    gens = int(hw.get("generator_devices", 0) or 0)
+    world, port = int(hw.devices_per_node) - gens, _free_port()
+    if gens:  # generator processes beside the learners: they meet at a port of their own (rollout_workers.channel)
+        extra.update({"HYDRALIGN_ROLLOUT_PORT": str(_free_port()), "HYDRALIGN_GENERATORS": str(gens),
+                      "HYDRALIGN_LEARNERS": str(world)})
     cmd = [sys.executable, "-m", "hydralign.distributed.launch", str(config_file)]
-    print(f"hydralign: starting {world} processes (ranks 1..{world - 1} log to {launch_dir}/rank<N>.log)",
-          flush=True)
-    supervise([cmd] * world, [rank_env(r, world, port, extra) for r in range(world)], launch_dir)
+    gen_cmd = [sys.executable, "-m", "hydralign.rollout_workers.generator", str(config_file)]
+    print(f"hydralign: starting {world} learner processes" + (f" + {gens} generator processes" if gens else "") +
+          f" (all but rank 0 log to {launch_dir}/rank<N>.log)", flush=True)
+    envs = [rank_env(r, world, port, extra) for r in range(world)]
+    envs += [{**os.environ, **extra, "HYDRALIGN_GENERATOR_RANK": str(g), "MASTER_ADDR": "127.0.0.1"}
+             for g in range(gens)]
+    supervise([cmd] * world + [gen_cmd] * gens, envs, launch_dir, helpers=gens)
     return json.loads((run_dir / "metrics.json").read_text())
 
 

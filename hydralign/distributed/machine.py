@@ -73,3 +73,16 @@ def check_machine(hw: Any) -> None:
             f"{launched_nodes()} node(s). Start it once per node under SLURM (srun, one task per GPU) or "
             f"torchrun --nnodes {hw.nodes} --nproc-per-node {hw.devices_per_node}; "
             "add dry_run=true to print the plan only.")
+
+
+def check_generation_backend(cfg: Any) -> None:
+    """generation.backend=vllm on generator processes (the plan has checked the config): the vllm package must import
+    here, where the generators will run; checked beside the device count, after dry_run has printed the plan."""
+    import importlib.util
+
+    if int(cfg.hardware.get("generator_devices", 0) or 0) < 1 or cfg.get("generation", {}).get("backend") != "vllm":
+        return
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError("generation.backend=vllm: the vllm package cannot be imported on this machine; the generator "
+                          "processes need it (`pip install vllm`, a version built for this torch and CUDA), or use "
+                          "generation.backend=hf")

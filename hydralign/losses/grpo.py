@@ -55,16 +55,20 @@ def k3_kl(logps: torch.Tensor, ref_logps: torch.Tensor) -> torch.Tensor:
 
 def per_token_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
                    epsilon: float = 0.2, epsilon_high: Optional[float] = None,
-                   ref_logps: Optional[torch.Tensor] = None, beta: float = 0.0
+                   ref_logps: Optional[torch.Tensor] = None, beta: float = 0.0,
+                   is_weight: Optional[torch.Tensor] = None
                    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """logps, old_logps, ref_logps [B, T]; advantages [B]. Returns (loss per token, clipped per token
+    """logps, old_logps, ref_logps, is_weight [B, T]; advantages [B]. Returns (loss per token, clipped per token
     (bool: the clip bound is active and its gradient zero), KL per token or None). The ratio is clipped
-    to [1 - epsilon, 1 + epsilon_high] (epsilon_high None: epsilon); KL added with ``beta``."""
+    to [1 - epsilon, 1 + epsilon_high] (epsilon_high None: epsilon); the policy-gradient term is multiplied by
+    ``is_weight`` (``importance_weights``: the sampler was not the learner), then KL added with ``beta`` (as TRL)."""
     high = epsilon if epsilon_high is None else epsilon_high
     ratio = torch.exp(logps - old_logps)
     adv = advantages.unsqueeze(1)
     loss = -torch.min(ratio * adv, torch.clamp(ratio, 1 - epsilon, 1 + high) * adv)
     clipped = ((ratio < 1 - epsilon) & (adv < 0)) | ((ratio > 1 + high) & (adv > 0))
+    if is_weight is not None:
+        loss = loss * is_weight.detach()
     kl = None
     if beta != 0.0:
         if ref_logps is None:
@@ -97,3 +101,36 @@ def unit_count(mask: torch.Tensor, loss_type: str, max_completion_length: int) -
     if loss_type == "dr_grpo":
         return float(mask.shape[0] * max_completion_length)
     raise ValueError(f"loss_type={loss_type}; choose from {LOSS_TYPES}")
+
+
+# --- off-policy correction: the sampler is not the learner --------------------------------------------------------
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")
+
+
+def importance_weights(old_logps: torch.Tensor, sampler_logps: torch.Tensor, mask: torch.Tensor, mode: str,
+                       clip_max: float = 3.0, clip_min: float = 0.0
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Truncated / masked importance sampling between the engine that sampled (``sampler_logps``: a generator
+    process, an older policy version, another engine's numerics) and the learner's policy at rollout time
+    (``old_logps``), as TRL's ``vllm_importance_sampling_mode`` (Yao et al. 2025, "Your efficient RL framework
+    secretly brings you off-policy RL training"). old_logps, sampler_logps, mask [B, T] -> (weight [B, T] to
+    multiply each token's loss by (detached), raw ratio [B, T], clipped [B, T] bool: the bound acted).
+
+    - ``token_*``: ratio per token, exp(old - sampler);
+    - ``sequence_*``: one ratio per completion, exp(sum over its loss tokens of old - sampler), on all its tokens;
+    - ``*_truncate``: the ratio clamped to [clip_min, clip_max]; ``*_mask``: 0 outside [clip_min, clip_max].
+    Tokens outside ``mask`` get weight 1 and never count as clipped."""
+    if mode not in IS_MODES:
+        raise ValueError(f"importance sampling mode={mode}; choose from {IS_MODES}")
+    m = mask.to(old_logps.dtype)
+    diff = (old_logps.detach() - sampler_logps.detach()) * m
+    if mode.startswith("sequence"):
+        diff = diff.sum(dim=1, keepdim=True).expand_as(old_logps)
+    ratio = torch.exp(diff)
+    outside = ((ratio > clip_max) | (ratio < clip_min)) & mask.bool()
+    if mode.endswith("truncate"):
+        weight = ratio.clamp(min=clip_min, max=clip_max)
+    else:
+        weight = torch.where(outside, torch.zeros_like(ratio), ratio)
+    weight = torch.where(mask.bool(), weight, torch.ones_like(weight))
+    return weight, ratio, outside

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import torch
 
 from hydralign.errors import ConfigError
-from hydralign.losses.grpo import aggregate, group_advantages, per_token_loss, unit_count
+from hydralign.generation import completion_logps, finish_rollout, rollout_seed, sample_groups
+from hydralign.losses.grpo import aggregate, group_advantages, importance_weights, per_token_loss, unit_count
 from hydralign.losses.token_ce import sequence_logps
 from hydralign.methods.base import PostTrainingModule
 from hydralign.models.peft import adapters_disabled
@@ -37,24 +39,12 @@ class Rollout:
     loss_mask: torch.Tensor  # [N, T] completion tokens that carry loss (truncated rows cleared if asked)
     advantages: torch.Tensor  # [N]
     old_logps: Optional[torch.Tensor]  # [N, T] at sampling time (when the policy moves within the rollout)
+    sampler_logps: Optional[torch.Tensor]  # [N, T] as a generator process computed them (importance sampling)
     ref_logps: Optional[torch.Tensor]  # [N, T] (beta > 0)
     sample_metrics: dict[str, tuple[torch.Tensor, int]]  # name -> ([N] per-sample values, mini_units column
     # of the count it is a mean over: 1 samples; 3 + i the samples routed to verifier i)
     mini_units: torch.Tensor  # [minis, 3 + V]: loss units, samples, loss tokens, then the samples each
     # verifier scored, of each mini-batch, all ranks
-
-
-def position_ids(attention: torch.Tensor) -> torch.Tensor:
-    """Positions counted from each row's first real token (left padding), as ``generate`` uses them."""
-    return (attention.cumsum(dim=1) - 1).clamp(min=0)
-
-
-def completion_logps(model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor, positions: torch.Tensor,
-                     width: int, temperature: float) -> torch.Tensor:
-    """Log-probs [B, T] of the completion tokens ``ids[:, width:]`` under ``model`` at ``temperature``."""
-    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions).logits
-    logits = logits[:, width - 1:-1].float() / temperature
-    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, width:].unsqueeze(-1)).squeeze(-1)
 
 
 class GRPOModule(PostTrainingModule):
@@ -63,7 +53,8 @@ class GRPOModule(PostTrainingModule):
         self._frozen = {"reference": reference} if reference is not None else {}
         self._rollout: Optional[Rollout] = None
         self._step_started: Optional[float] = None
-        self._generation_s = 0.0
+        self._generation_s = self._waiting_s = self._sync_s = 0.0
+        self._client: Optional[Any] = None  # hardware.generator_devices >= 1: rollout_workers.client.RolloutClient
         m, r = self.cfg.method, self.plan.rollout
         self.weights = {str(k): float(v) for k, v in dict(m.rewards).items()}
         self.by_source = {str(src): {str(k): float(v) for k, v in dict(table).items()}
@@ -106,48 +97,39 @@ class GRPOModule(PostTrainingModule):
             check_references(routed, "method.rewards_by_source" if table else "method.rewards")
 
     # --- rollout -------------------------------------------------------------------------------
-    @torch.no_grad()
     def _sample(self, prompts: list[list[int]], rollout_index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         """(prompt + completion ids [N, Wp + T], attention over the prompt part, Wp) for every prompt
         repeated num_generations times (adjacent). Seeded from (seed, rollout, rank): a resumed run
         samples the same rollout batch from the same weights."""
         m, r = self.cfg.method, self.plan.rollout
-        rows = [p for p in prompts for _ in range(r.generations_per_prompt)]
-        pad, width = self.tokenizer.pad_token_id, max(len(p) for p in prompts)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(rows):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
-        seed = ((self.plan.seed * 1_000_003 + rollout_index) * 4099 + self.global_rank) % (2 ** 63)
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            out = self.model.generate(
-                input_ids=ids.to(self.device), attention_mask=mask.to(self.device), do_sample=True,
-                temperature=float(m.temperature), top_k=0, top_p=1.0, max_new_tokens=r.max_completion_length,
-                eos_token_id=self.stop_token_ids, pad_token_id=pad, use_cache=True,
-                synced_gpus=self.plan.strategy in ("fsdp", "deepspeed") and self.plan.world_size > 1)
-        return out, mask.to(self.device), width
+        return sample_groups(self.model, prompts, r.generations_per_prompt, self.tokenizer.pad_token_id,
+                             self.stop_token_ids, r.max_completion_length, float(m.temperature),
+                             rollout_seed(self.plan.seed, rollout_index, self.global_rank), self.device,
+                             synced=self.plan.strategy in ("fsdp", "deepspeed") and self.plan.world_size > 1)
+
+    def _sampled(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int, Optional[dict]]:
+        """(ids, prompt attention, prompt width, the generator's extras or None): sampled here, or taken from the
+        generator process that sampled this learner's prompts (its ids checked against this rank's prompts)."""
+        if self._client is None:
+            return (*self._sample(batch["prompt_ids"], batch["rollout"]), None)
+        got, self._waiting_s = self._client.take(batch["rollout"])
+        out, mask, width = got["out"].to(self.device), got["prompt_mask"].to(self.device), int(got["width"])
+        rows = [p for p in batch["prompt_ids"] for _ in range(self.plan.rollout.generations_per_prompt)]
+        if len(out) != len(rows) or [row[width - len(p):].tolist() for row, p in zip(out[:, :width], rows)] != rows:
+            raise RuntimeError(f"rollout batch {batch['rollout']}: the generator sampled other prompts than rank "
+                               f"{self.global_rank}'s (the learners' and generators' schedules disagree)")
+        return out, mask, width, got
 
     def _make_rollout(self, batch: dict) -> Rollout:
         m, r, plan = self.cfg.method, self.plan.rollout, self.plan
         started = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
-        out, prompt_mask, width = self._sample(batch["prompt_ids"], batch["rollout"])
-        completion = out[:, width:]
-        n, t = completion.shape
-        stops = torch.tensor(self.stop_token_ids, device=completion.device)
-        is_stop = torch.isin(completion, stops)
-        stopped = is_stop.any(dim=1)
-        first = torch.where(stopped, is_stop.int().argmax(dim=1), torch.full_like(stopped, t, dtype=torch.long))
-        cols = torch.arange(t, device=completion.device).unsqueeze(0)
-        completion_mask = (cols <= first.unsqueeze(1)) & (cols < t)  # through the stop token, as TRL
-        completion = torch.where(completion_mask, completion, torch.full_like(completion, self.tokenizer.pad_token_id))
-        ids = torch.cat([out[:, :width], completion], dim=1)
-        attention = torch.cat([prompt_mask, completion_mask.long()], dim=1)
-        positions = position_ids(attention)
+        out, prompt_mask, width, remote = self._sampled(batch)
+        done = finish_rollout(out, prompt_mask, width, self.stop_token_ids, self.tokenizer.pad_token_id)
+        ids, attention, positions, completion = done["ids"], done["attention"], done["positions"], done["completion"]
+        completion_mask, stopped, first = done["completion_mask"], done["stopped"], done["first"]
+        n = completion.shape[0]
         loss_mask = completion_mask & stopped.unsqueeze(1) if m.mask_truncated_completions else completion_mask
         generated = time.perf_counter()
 
@@ -202,8 +184,13 @@ class GRPOModule(PostTrainingModule):
             "episodes": (torch.full((n,), float((batch["rollout"] + 1) * r.samples_per_rollout), device=self.device), 1),
         })
         self._generation_s = generated - started
+        sampler_logps = None
+        if remote is not None:  # sampled elsewhere: what it took there, and how old its weights were
+            self._generation_s = float(remote["generation_s"])
+            sampler_logps = remote["sampler_logps"].to(self.device)
+            metrics["rollout/staleness"] = (torch.full((n,), float(remote["staleness"]), device=self.device), 1)
         return Rollout(batch["rollout"], ids, attention, positions, width, completion, loss_mask, advantages,
-                       old_logps, ref_logps, metrics, mini_units)
+                       old_logps, sampler_logps, ref_logps, metrics, mini_units)
 
     @torch.no_grad()
     def _reference_logps(self, ids, attention, positions, width: int, temperature: float) -> torch.Tensor:
@@ -219,20 +206,42 @@ class GRPOModule(PostTrainingModule):
         units = float(self._rollout.mini_units[batch["mini"], 0])
         return super().training_step({**batch, "window_units": max(units, 1.0)}, batch_idx)
 
+    def on_train_start(self) -> None:
+        """hardware.generator_devices >= 1: meet the generator processes (after any resume: the policy version is
+        the optimizer steps restored) and give them the starting weights."""
+        if not self.plan.rollout.generator_devices:
+            return
+        from hydralign.rollout_workers.client import RolloutClient
+
+        run_dir = self.cfg.get("run_dir")
+        log = Path(run_dir) / "launch" / "weight_sync.jsonl" if run_dir and self.global_rank == 0 else None
+        prompts = [e.prompt_ids for e in self.trainer.datamodule.train_examples]
+        timeout = float(self.cfg.hardware.get("dist_timeout_min") or 30) * 60
+        self._client = RolloutClient.start(self.model, self.plan, self.global_rank, self.global_step, prompts,
+                                           self.stop_token_ids, log, timeout)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if batch_idx % self.plan.grad_accum == 0:
             self._step_started = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Seconds of the step outside sampling and scoring (forwards, backwards, optimizer), logged
-        beside time/generation_s when Lightning writes the step's logs."""
+        """After each optimizer step: the weight broadcast the schedule asks for (generator processes), then the
+        step's seconds: sampling (here, or in the generator for this batch), waiting for the generator, the weight
+        broadcast, and the rest (forwards, backwards, optimizer, scoring), logged when Lightning writes the logs."""
         if not batch["window_last"] or self._step_started is None:
             return
+        if self._client is not None:  # global_step counts the step just applied: the policy version
+            self._sync_s = self._client.sync(self.model, self.global_step)
         spent = time.perf_counter() - self._step_started
-        generation = self._generation_s if batch["first_step"] else 0.0
-        if (self.global_step % self.trainer.log_every_n_steps) == 0:  # global_step counts the step just applied
-            self.log_dict({"time/generation_s": generation, "time/training_s": spent - generation},
-                          on_step=True, on_epoch=False)
+        first = batch["first_step"]
+        generation = self._generation_s if first else 0.0
+        times = {"time/generation_s": generation, "time/training_s": spent - generation}
+        if self._client is not None:  # sampling ran elsewhere: the learner's own time is all but the waits
+            waiting = self._waiting_s if first else 0.0
+            times.update({"time/waiting_s": waiting, "time/weight_sync_s": self._sync_s,
+                          "time/training_s": spent - waiting - self._sync_s})
+        if (self.global_step % self.trainer.log_every_n_steps) == 0:
+            self.log_dict(times, on_step=True, on_epoch=False)
 
     def batch_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         ro, m, r = self._rollout, self.cfg.method, self.plan.rollout
@@ -242,9 +251,14 @@ class GRPOModule(PostTrainingModule):
                                  float(m.temperature))
         old = ro.old_logps[sl] if ro.old_logps is not None else logps.detach()
         ref = ro.ref_logps[sl] if ro.ref_logps is not None else None
-        token_loss, clipped, kl = per_token_loss(logps, old, ro.advantages[sl], m.epsilon, m.epsilon_high, ref,
-                                                 float(m.beta))
         mask = ro.loss_mask[sl]
+        weight = ratio = outside = None
+        if ro.sampler_logps is not None:  # the sampler was not this policy (a generator, maybe older weights)
+            weight, ratio, outside = importance_weights(old, ro.sampler_logps[sl], mask, m.importance_sampling_mode,
+                                                        float(m.importance_sampling_clip_max),
+                                                        float(m.importance_sampling_clip_min))
+        token_loss, clipped, kl = per_token_loss(logps, old, ro.advantages[sl], m.epsilon, m.epsilon_high, ref,
+                                                 float(m.beta), is_weight=weight)
         loss_sum, _ = aggregate(token_loss, mask, r.loss_type, r.max_completion_length)
         counts = [float(v) for v in ro.mini_units[batch["mini"]]]
         units, tokens = max(counts[0], 1.0), counts[2]
@@ -254,6 +268,9 @@ class GRPOModule(PostTrainingModule):
             metrics = {k: v[sl].sum() * (units / max(counts[col], 1.0)) for k, (v, col) in ro.sample_metrics.items()}
             metrics["clip_fraction"] = (clipped.float() * fm).sum() * per_token
             metrics["kl"] = (kl * fm).sum() * per_token if kl is not None else torch.zeros((), device=fm.device)
+            if ratio is not None:  # token means: the sampler-to-learner ratio, and how often its bound acted
+                metrics["is/ratio_mean"] = (ratio * fm).sum() * per_token
+                metrics["is/clipped_fraction"] = (outside.float() * fm).sum() * per_token
         return loss_sum, torch.tensor(float(e - s)), metrics
 
     # --- validation: the reference answers' loss, and the base's generation metrics ----------------------

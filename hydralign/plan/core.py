@@ -28,8 +28,8 @@ from hydralign.plan.length import (
     warmup_steps,
 )
 from hydralign.plan.memory import MemoryEstimate, estimate_memory, memory_inputs
-from hydralign.plan.mixture import MixtureSource, check_mixture
 from hydralign.plan.memory_evaluation import estimate_with_evaluation
+from hydralign.plan.mixture import MixtureSource, check_mixture
 from hydralign.plan.packing import check_packing
 from hydralign.plan.rollout import GRPO_UNITS, RolloutPlan, generator_devices, rollout_sizes
 from hydralign.plan.strategy import check_strategy
@@ -149,7 +149,7 @@ def _config_plan(cfg: Any) -> Plan:
         method=spec.name, data_kind=spec.data_kind,
         loss_unit=GRPO_UNITS.get(rollout.loss_type, spec.unit) if rollout else spec.unit,
         frozen_models=spec.frozen_models(cfg), model=str(setting(cfg, "model.name") or "?"), accelerator=accelerator,
-        strategy=strategy, precision=precision, nodes=nodes, devices_per_node=devices, world_size=world,
+        strategy=strategy, precision=precision, nodes=nodes, devices_per_node=world // nodes, world_size=world,
         micro_batch=micro, grad_accum=grad_accum, global_micro_batch=global_micro, effective_batch=effective,
         max_seq_len=max_seq_len, max_tokens_per_step=effective * sequences * length, num_train_examples=None,
         steps_per_epoch=None, total_steps=None, epochs=None, warmup_steps=None, lr=lr, schedule=schedule,

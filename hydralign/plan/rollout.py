@@ -1,6 +1,6 @@
 """Online RL's part of the plan (pure): the rollout batch hierarchy (prompts x generations -> mini-batches -> micro-
-batches with accumulation), its length in optimizer steps, generator devices (refused: the learners generate), and
-the rows ``dry_run`` prints for it."""
+batches with accumulation), its length in optimizer steps, the generator devices beside the learners (how far ahead
+they may sample, how often they receive weights, which engine), and the rows ``dry_run`` prints for it."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ class RolloutPlan:
     total_rollouts: Optional[int]
     episodes_per_step: float  # samples_per_rollout / steps_per_rollout (generated once per rollout)
     checkpoint_every_n_episodes: Optional[int] = None  # checkpoint.every_n_episodes (Plan.checkpoint_every_n_steps)
+    generator_devices: int = 0  # generator processes beside the learners (0: the learners sample)
+    max_staleness: int = 0  # rollout batches sampling may run ahead of training
+    weight_sync_steps: int = 1  # optimizer steps between weight broadcasts to the generators
+    backend: str = "hf"  # generation.backend: hf | vllm
 
 
 
@@ -44,9 +48,8 @@ GRPO_UNITS = {"grpo": "completions (each its own token mean)", "dapo": "completi
 
 def generator_devices(cfg: Any, total: int, method: str, data_kind: str) -> int:
     """hardware.generator_devices: how many of the ``total`` devices only generate (Tulu 3: 1 of 8, with vLLM);
-    the rest are the learners, the world size. Only 0 runs here (the learners generate with HF ``generate``):
-    a separate generator needs a generation server this repository does not have, so any other count is
-    refused, before anything loads, saying what runs instead."""
+    the rest are the learners, the world size. Refused before anything loads where no learner would be left or
+    the method does not generate while training."""
     gens = int(setting(cfg, "hardware.generator_devices") or 0)
     if gens == 0:
         return 0
@@ -58,14 +61,59 @@ def generator_devices(cfg: Any, total: int, method: str, data_kind: str) -> int:
     if gens >= total:
         raise ConfigError(f"hardware.generator_devices={gens} leaves no learner among the {total} devices "
                           "(hardware.nodes x hardware.devices_per_node)")
-    learners = total - gens
-    nodes = max(1, int(setting(cfg, "hardware.nodes")))
-    same = (f"; for the same {learners} learners set hardware.devices_per_node={learners // nodes} "
-            "hardware.generator_devices=0" if learners % nodes == 0 else "")
-    raise ConfigError(f"hardware.generator_devices={gens} ({learners} learners + {gens} generators of {total} "
-                      "devices) needs a generation server on the generator devices (vLLM, as Tulu 3's 8th GPU), "
-                      "which hydralign does not have. Supported: hardware.generator_devices=0, where every learner "
-                      f"samples its own prompts with Hugging Face generate (KV cache){same}")
+    return gens
+
+
+BACKENDS = ("hf", "vllm")
+
+
+def check_generators(cfg: Any, world: int, steps_per_rollout: int, schema: type) -> tuple[int, int, int, str]:
+    """(generator devices, max_staleness, weight_sync_steps, backend), refused where they cannot be honoured."""
+    gens = int(setting(cfg, "hardware.generator_devices") or 0)
+    stale = int(setting(cfg, "method.max_staleness", schema))
+    sync = int(setting(cfg, "method.weight_sync_steps", schema))
+    backend = str(setting(cfg, "generation.backend"))
+    if backend not in BACKENDS:
+        raise ConfigError(f"generation.backend={backend} is unknown; choose from {', '.join(BACKENDS)}")
+    if gens == 0:
+        if stale > 0:
+            raise ConfigError(f"method.max_staleness={stale} cannot be honoured: with hardware.generator_devices=0 "
+                              "the learners sample between their own steps, so there is nothing to overlap; set "
+                              "hardware.generator_devices=1 (one device samples while the others train) or "
+                              "method.max_staleness=0")
+        if backend == "vllm":
+            raise ConfigError("generation.backend=vllm runs in generator processes; sampling with vLLM inside the "
+                              "learners (TRL's colocate mode) is not built: set hardware.generator_devices=1, or "
+                              "generation.backend=hf")
+        return 0, 0, sync, backend
+    _check_generator_setup(cfg, gens, world, backend)
+    if steps_per_rollout % sync:
+        raise ConfigError(f"method.weight_sync_steps={sync} does not divide the {steps_per_rollout} optimizer steps "
+                          f"per rollout batch: rollout batch t could not be sampled with the weights of rollout batch "
+                          f"t - method.max_staleness ({stale}); use a divisor of {steps_per_rollout}, e.g. "
+                          "method.weight_sync_steps=1")
+    return gens, stale, sync, backend
+
+
+def _check_generator_setup(cfg: Any, gens: int, world: int, backend: str) -> None:
+    if gens > world:
+        raise ConfigError(f"hardware.generator_devices={gens} exceeds the {world} learners: each generator samples "
+                          f"the prompts of whole learners; use at most hardware.generator_devices={world}")
+    if int(setting(cfg, "hardware.nodes")) > 1:
+        raise ConfigError("hardware.generator_devices > 0 runs on one node (hydralign starts the generator processes "
+                          "beside its learners): set hardware.nodes=1, or hardware.generator_devices=0")
+    if setting(cfg, "hardware.strategy") == "deepspeed":
+        raise ConfigError("hardware.generator_devices > 0 with hardware.strategy=deepspeed: gathering ZeRO's "
+                          "partitions for the weight broadcast is not built; use hardware.strategy=fsdp or ddp, or "
+                          "hardware.generator_devices=0")
+    if setting(cfg, "peft.name") != "none":
+        raise ConfigError(f"hardware.generator_devices > 0 with peft={setting(cfg, 'peft.name')}: the generators "
+                          "take whole weights, and merging adapters for the broadcast is not built; use peft=none, or "
+                          "hardware.generator_devices=0")
+    if backend == "vllm":
+        if setting(cfg, "hardware.accelerator") != "gpu":
+            raise ConfigError("generation.backend=vllm needs a CUDA GPU for each generator process (vLLM has no CPU "
+                              "engine here): use a GPU hardware preset (hardware=1xA100 ...), or generation.backend=hf")
 
 
 def rollout_sizes(cfg: Any, world: int, schema: type) -> tuple[RolloutPlan, int, int]:
@@ -105,6 +153,7 @@ def rollout_sizes(cfg: Any, world: int, schema: type) -> tuple[RolloutPlan, int,
     if given is not None and int(given) != accum:
         raise ConfigError(f"batch.grad_accum={given} disagrees with the derived {accum} (local mini-batch {local} / "
                           f"batch.micro {micro}); drop batch.grad_accum")
+    generators, stale, sync, backend = check_generators(cfg, world, minis * iters, schema)
     completion = setting(cfg, "method.max_completion_length", schema) or setting(cfg, "eval.max_new_tokens")
     episodes = setting(cfg, "method.total_episodes", schema)
     rollout = RolloutPlan(
@@ -114,7 +163,8 @@ def rollout_sizes(cfg: Any, world: int, schema: type) -> tuple[RolloutPlan, int,
         num_iterations=iters, steps_per_rollout=minis * iters, max_completion_length=int(completion),
         loss_type=str(setting(cfg, "method.loss_type", schema)),
         total_episodes=int(episodes) if episodes is not None else None, total_rollouts=None,
-        episodes_per_step=samples / (minis * iters))
+        episodes_per_step=samples / (minis * iters), generator_devices=generators, max_staleness=stale,
+        weight_sync_steps=sync, backend=backend)
     return rollout, micro, accum
 
 
@@ -144,10 +194,14 @@ def format_rollout(r: Optional[RolloutPlan]) -> list[tuple[str, Any]]:
     episodes = (f"{r.total_episodes} budget -> {r.total_rollouts} rollout batches x {r.samples_per_rollout}"
                 if r.total_episodes is not None else f"{r.total_rollouts} rollout batches x {r.samples_per_rollout}"
                 " (from trainer.max_steps)")
+    learners = r.mini_batch_samples // r.mini_batch_samples_per_device
+    split = (f"{learners} learner devices (world_size) + 0 generator devices: each learner samples its own prompts "
+             "(HF generate, KV cache)") if not r.generator_devices else (
+        f"{learners} learner devices (world_size) + {r.generator_devices} generator devices ({r.backend}): the "
+        f"generators sample rollout batches up to {r.max_staleness} ahead of training (method.max_staleness), "
+        f"weights broadcast every {r.weight_sync_steps} optimizer steps; importance sampling corrects the rest")
     return [
-        ("learners / generators", f"{r.mini_batch_samples // r.mini_batch_samples_per_device} learner devices "
-                                  "(world_size) + 0 generator devices: each learner samples its "
-                                  "own prompts (HF generate, KV cache)"),
+        ("learners / generators", split),
         ("rollout batch (samples)", f"{r.samples_per_rollout} = {r.prompts_per_rollout} prompts x "
                                     f"{r.generations_per_prompt} generations ({r.prompts_per_device} prompts per device)"),
         ("mini-batch (samples)", f"{r.mini_batch_samples} = rollout {r.samples_per_rollout} / {r.num_mini_batches} "

@@ -90,7 +90,8 @@ def tulu_shaped_files(tmp_path: Path) -> list[str]:
 
 
 TULU_TINY = ["experiment=tulu3_8b_rlvr", "model=tiny", "model.name=tiny", "model.name_or_path=null", "hardware=cpu",
-             "hardware.devices_per_node=1", "batch.micro=16", "method.prompts_per_step=4", "method.total_episodes=64",
+             "hardware.devices_per_node=1", "hardware.generator_devices=0", "generation.backend=hf",
+             "method.max_staleness=0", "batch.micro=16", "method.prompts_per_step=4", "method.total_episodes=64",
              "method.max_completion_length=6", "eval.max_new_tokens=6", "eval.num_generate=4", "eval.batch_size=4",
              "checkpoint.export_hf=false", "logger=none", "trainer.log_every_n_steps=1",
              "eval.harness.every=none"]  # the card's lm-eval tasks read the hub

@@ -114,16 +114,59 @@ def test_checkpoints_every_n_episodes_refusals(overrides, pattern):
 
 
 def test_learners_and_generators():
-    """hardware.generator_devices: 0 (the learners generate) runs and is printed; Tulu's 7 + 1 needs a vLLM
-    generator, which does not exist here: refused in the plan, saying what runs instead."""
-    text = format_plan(make_plan(compose_cfg(["experiment=tulu3_8b_rlvr"])))
+    """hardware.generator_devices: 0 (the learners generate) and N >= 1 generator processes beside the learners, each
+    printed; what cannot run is refused in the plan with the override that fixes it."""
+    text = format_plan(make_plan(compose_cfg(["experiment=tulu3_8b_rlvr", "hardware.generator_devices=0",
+                                              "hardware.devices_per_node=7", "generation=hf",
+                                              "method.max_staleness=0"])))
     assert "7 learner devices (world_size) + 0 generator devices: each learner samples its own prompts" in text
-    with pytest.raises(ConfigError, match=r"generator_devices=1 \(7 learners \+ 1 generators of 8 devices\) needs a "
-                                          r"generation server .* hydralign does not have. Supported: hardware."
-                                          r"generator_devices=0.*set hardware.devices_per_node=7"):
-        make_plan(compose_cfg(["experiment=tulu3_8b_rlvr", "hardware.devices_per_node=8",
-                               "hardware.generator_devices=1"]))
+    plan = make_plan(compose_cfg(["method=grpo", "hardware=cpu_2proc", "hardware.generator_devices=1",
+                                  "method.max_staleness=1"]))
+    assert plan.world_size == 1 and plan.devices_per_node == 1 and plan.rollout.generator_devices == 1
+    assert ("1 learner devices (world_size) + 1 generator devices (hf): the generators sample rollout batches up to 1 "
+            "ahead of training") in format_plan(plan)
     with pytest.raises(ConfigError, match=r"generator_devices=1: method=sft does not generate while training"):
         make_plan(compose_cfg(["hardware=8xH100", "hardware.generator_devices=1"]))
     with pytest.raises(ConfigError, match=r"generator_devices=8 leaves no learner among the 8 devices"):
         make_plan(compose_cfg(["method=grpo", "hardware=8xH100", "hardware.generator_devices=8"]))
+
+
+GEN = ["method=grpo", "hardware=cpu_2proc", "hardware.generator_devices=1"]
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    (["method=grpo", "method.max_staleness=1"],
+     r"max_staleness=1 cannot be honoured: with hardware.generator_devices=0 .* set hardware.generator_devices=1"),
+    (GEN + ["method.num_mini_batches=2", "method.weight_sync_steps=3"],
+     r"weight_sync_steps=3 does not divide the 2 optimizer steps per rollout batch.*method.weight_sync_steps=1"),
+    (GEN + ["generation.backend=vllm"], r"generation.backend=vllm needs a CUDA GPU .* or generation.backend=hf"),
+    (["method=grpo", "generation.backend=vllm"], r"vllm runs in generator processes.*generator_devices=1"),
+    (["method=grpo", "generation.backend=sglang"], r"generation.backend=sglang is unknown; choose from hf, vllm"),
+    (GEN + ["hardware.devices_per_node=3", "hardware.generator_devices=2"],
+     r"generator_devices=2 exceeds the 1 learners"),
+    (GEN + ["peft=lora"], r"peft=lora: the generators take whole weights.*peft=none"),
+    (GEN + ["method.importance_sampling_mode=tis"], r"importance_sampling_mode=tis is unknown; choose from "
+                                                    r"token_truncate, token_mask, sequence_truncate, sequence_mask"),
+    (GEN + ["method.importance_sampling_clip_max=0.5", "method.importance_sampling_clip_min=1"], r"0 <= min < max"),
+])
+def test_generator_refusals(overrides, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        make_plan(compose_cfg(overrides))
+
+
+def test_tulu_card_plans_7_learners_and_a_vllm_generator_and_a_machine_without_vllm_refuses_it():
+    """The Tulu card as the paper ran it: its dry run prints 7 learners + 1 vLLM generator on any machine; a real run
+    checks, beside the device count, that vllm imports where the generator will run (this machine has no vllm)."""
+    import importlib.util
+
+    from hydralign.distributed.machine import check_generation_backend
+
+    cfg = compose_cfg(["experiment=tulu3_8b_rlvr"])
+    text = format_plan(make_plan(cfg))
+    assert "7 learner devices (world_size) + 1 generator devices (vllm)" in text
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ConfigError, match=r"vllm package cannot be imported on this machine.*pip install vllm"):
+            check_generation_backend(cfg)
+    else:
+        check_generation_backend(cfg)
+    check_generation_backend(compose_cfg(["experiment=tulu3_8b_rlvr", "generation.backend=hf"]))  # nothing to import

@@ -39,10 +39,19 @@ class GRPOConfig(MethodConfig):
     rewards_by_source: dict[str, dict[str, float]] = field(default_factory=dict)
     format_pattern: Optional[str] = None  # the format verifier's regex (null: <think>..</think><answer>..</answer>)
     completion_only: bool = True  # validation loss on the reference answers' tokens only
+    # Generator processes (hardware.generator_devices >= 1; TRL's AsyncGRPO names):
+    max_staleness: int = 0  # rollout batches sampling may run ahead of training (0: always the newest weights)
+    weight_sync_steps: int = 1  # optimizer steps between weight broadcasts to the generators (divides the
+    # optimizer steps per rollout batch)
+    # Off-policy correction where the sampler's log-probs are not the learner's (TRL's vllm_importance_sampling_*):
+    importance_sampling_mode: str = "token_truncate"  # token_truncate | token_mask | sequence_truncate | sequence_mask
+    importance_sampling_clip_max: float = 3.0  # ratios above: clamped (truncate) or zeroed (mask)
+    importance_sampling_clip_min: float = 0.0  # ratios below: the same (0: no lower bound)
 
 
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo")  # hydralign.losses.grpo.LOSS_TYPES (this module stays torch-free)
 SCALE_REWARDS = ("group", "batch", "none")
+IS_MODES = ("token_truncate", "token_mask", "sequence_truncate", "sequence_mask")  # hydralign.losses.grpo.IS_MODES
 
 
 def _m(cfg: Any, key: str) -> Any:
@@ -70,6 +79,20 @@ def _check_clip(cfg: Any) -> None:
                           "bound (DAPO: 0.28), or set method.epsilon_high=null")
 
 
+def _check_async(cfg: Any) -> None:
+    mode = _m(cfg, "importance_sampling_mode")
+    if mode not in IS_MODES:
+        raise ConfigError(f"method.importance_sampling_mode={mode} is unknown; choose from {', '.join(IS_MODES)}")
+    hi, lo = float(_m(cfg, "importance_sampling_clip_max")), float(_m(cfg, "importance_sampling_clip_min"))
+    if not 0 <= lo < hi:
+        raise ConfigError(f"method.importance_sampling_clip_min={lo} and _clip_max={hi} must satisfy 0 <= min < max "
+                          "(TRL: max 3.0)")
+    if int(_m(cfg, "max_staleness")) < 0:
+        raise ConfigError(f"method.max_staleness={_m(cfg, 'max_staleness')} must be >= 0 (0: synchronous)")
+    if int(_m(cfg, "weight_sync_steps")) < 1:
+        raise ConfigError(f"method.weight_sync_steps={_m(cfg, 'weight_sync_steps')} must be >= 1")
+
+
 def _check(cfg: Any) -> None:
     loss_type = _m(cfg, "loss_type")
     if loss_type not in LOSS_TYPES:
@@ -89,6 +112,7 @@ def _check(cfg: Any) -> None:
         raise ConfigError(f"method.beta={_m(cfg, 'beta')} must be >= 0 (0: no reference model)")
     if not float(_m(cfg, "temperature")) > 0:
         raise ConfigError(f"method.temperature={_m(cfg, 'temperature')} must be > 0")
+    _check_async(cfg)
     check_rewards({str(k): v for k, v in dict(_m(cfg, "rewards")).items()})
     by_source = _m(cfg, "rewards_by_source")
     check_rewards_by_source({str(k): (dict(v) if hasattr(v, "items") else v) for k, v in dict(by_source).items()})

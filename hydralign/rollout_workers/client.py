@@ -1,0 +1,60 @@
+"""The learners' side of the generator processes: at the start of training learner 0 posts what the generators need
+(the refined plan, the train prompts, the stop tokens, the policy version training starts from) and every learner
+joins the first weight broadcast; after each optimizer step the learners broadcast where the ``SyncSchedule`` says;
+at each rollout batch a learner takes the batch its generator sampled for it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from hydralign.rollout_workers.channel import Channel
+from hydralign.rollout_workers.schedule import SyncSchedule
+
+
+class RolloutClient:
+    def __init__(self, channel: Channel, schedule: SyncSchedule, rank: int, log: Optional[Path]):
+        self.channel, self.schedule, self.rank, self.log = channel, schedule, rank, log
+
+    @classmethod
+    def start(cls, model: torch.nn.Module, plan: Any, rank: int, start_version: int, prompts: list[list[int]],
+              stop_ids: list[int], log: Optional[Path], timeout_s: float) -> RolloutClient:
+        r = plan.rollout
+        channel = Channel.open(learner_rank=rank, timeout_s=timeout_s)
+        schedule = SyncSchedule(r.steps_per_rollout, r.max_staleness, r.weight_sync_steps, r.total_rollouts,
+                                start_version)
+        if rank == 0:
+            layout = [(name, t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()]  # DTensor: global
+            channel.post("hello", {"plan": plan, "prompts": prompts, "stop_ids": list(stop_ids),
+                                   "start_version": start_version, "layout": layout})
+            print(f"hydralign: {channel.generators} generator process(es) sample rollout batches "
+                  f"{schedule.start_rollout}..{r.total_rollouts - 1}, up to {r.max_staleness} ahead of training; "
+                  f"weights from optimizer step {start_version} on (a resumed run samples its in-flight batches again "
+                  "from the restored weights)", flush=True)
+        client = cls(channel, schedule, rank, log)
+        client.sync(model, start_version)
+        return client
+
+    def sync(self, model: torch.nn.Module, version: int) -> float:
+        """Broadcast the weights if the schedule says so at ``version``; the seconds it took (0 if not)."""
+        if not self.schedule.learners_send(version):
+            return 0.0
+        started = time.perf_counter()
+        confirmed = self.channel.send_weights(iter(model.state_dict().items()), version)
+        seconds = time.perf_counter() - started
+        if confirmed is not None and self.log is not None:
+            with open(self.log, "a") as fh:
+                fh.write(json.dumps({"version": version, "sha256": confirmed,
+                                     "generators": self.channel.generators}) + "\n")
+        return seconds
+
+    def take(self, rollout: int) -> tuple[dict[str, Any], float]:
+        """This learner's share of rollout batch ``rollout`` and the seconds spent waiting for it."""
+        started = time.perf_counter()
+        got = self.channel.take(f"rollout/{rollout}/{self.rank}")
+        got["staleness"] = self.schedule.staleness(rollout)
+        return got, time.perf_counter() - started

@@ -1,0 +1,81 @@
+"""Generator processes beside the learners (issue 19), for real on CPU: ``hardware=cpu_2proc
+hardware.generator_devices=1`` is 1 learner + 1 generator process, weights broadcast over gloo.
+
+- max_staleness=0 samples exactly what the single-process run samples (the same rewards, lengths and truncations
+  at every step: the same completions) and trains to the same losses (1e-5); the importance ratio is 1.
+- After every broadcast the generator's weights are the learner's (SHA-256 of the bytes, HYDRALIGN_VERIFY_SYNC=1).
+- max_staleness=1 samples rollout batch t with the weights of t - 1: rollout/staleness 1, the ratio moves off 1.
+
+From random init with a format reward (the completion starts with a digit: about half of them), so advantages and
+gradients are not zero and the weights move every step."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+STEPS = 6
+TASK = ["method=grpo", "data.arithmetic.max_digits=2", "data.arithmetic.num_train=512", "data.arithmetic.num_val=16",
+        "checkpoint.save_last=false", "checkpoint.export_hf=false", "trainer.log_every_n_steps=1",
+        "eval.max_new_tokens=4", "method.prompts_per_step=8", "method.num_generations=4", "batch.micro=16",
+        f"trainer.max_steps={STEPS}", "eval.num_generate=0", "eval.at_start=false", "checkpoint.monitor=val/loss",
+        "checkpoint.mode=min", "optimized_metric=val/loss", f"eval.every_n_steps={STEPS}", "lr=1e-3",
+        "+method.rewards.format=1.0", "method.rewards.exact_answer=0.0", "method.format_pattern='[0-9].*'", "trainer.enable_progress_bar=false"]
+KEYS = ("train/loss", "rewards/mean", "completion_length", "truncated_fraction")
+
+
+def _run(tmp: Path, name: str, *overrides: str) -> dict[str, dict[int, float]]:
+    from mlflow.tracking import MlflowClient
+
+    store = f"sqlite:///{tmp / name}.db"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRALIGN_VERIFY_SYNC": "1"}
+    out = subprocess.run([sys.executable, "-m", "hydralign", *TASK, *overrides, "logger=mlflow",
+                          f"logger.tracking_uri={store}", f"hydra.run.dir={tmp / name}"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(tracking_uri=store)
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+    keys = [k for k in run.data.metrics if not k.startswith(("val/", "best/"))]
+    return {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in keys}
+
+
+def _synced(tmp: Path, name: str) -> list[int]:
+    """The versions whose broadcast every generator confirmed (checksum equal to learner 0's)."""
+    lines = (tmp / name / "launch" / "weight_sync.jsonl").read_text().splitlines()
+    return [json.loads(line)["version"] for line in lines]
+
+
+def test_staleness_0_reproduces_the_single_process_run_and_every_sync_is_exact(tmp_path):
+    single = _run(tmp_path, "single", "hardware=cpu")
+    apart = _run(tmp_path, "apart", "hardware=cpu_2proc", "hardware.generator_devices=1")
+    steps = list(range(1, STEPS + 1))
+    assert sorted(single["train/loss"]) == sorted(apart["train/loss"]) == steps
+    assert len({round(v, 6) for v in single["train/loss"].values()}) > 1  # a real signal: the loss moves
+    for key in KEYS[1:]:  # the same completions at every step: the same rewards, lengths and truncations
+        assert [apart[key][s] for s in steps] == [single[key][s] for s in steps], key
+    for s in steps:
+        assert apart["train/loss"][s] == pytest.approx(single["train/loss"][s], abs=1e-5)
+        assert apart["is/ratio_mean"][s] == pytest.approx(1.0, abs=1e-5)
+        assert apart["is/clipped_fraction"][s] == 0.0 and apart["rollout/staleness"][s] == 0.0
+    for key in ("time/generation_s", "time/training_s", "time/waiting_s", "time/weight_sync_s"):
+        assert set(apart[key]) == set(steps), key
+    assert _synced(tmp_path, "apart") == list(range(STEPS))  # version 0, then after steps 1..5 (6 needs none)
+
+
+def test_staleness_1_samples_with_the_previous_weights_and_corrects_for_it(tmp_path):
+    run = _run(tmp_path, "stale", "hardware=cpu_2proc", "hardware.generator_devices=1", "method.max_staleness=1",
+               "method.importance_sampling_mode=token_mask", "method.importance_sampling_clip_max=1.05")
+    steps = list(range(1, STEPS + 1))
+    assert [run["rollout/staleness"][s] for s in steps] == [0.0] + [1.0] * (STEPS - 1)
+    assert run["is/ratio_mean"][1] == pytest.approx(1.0, abs=1e-5)
+    later = [abs(run["is/ratio_mean"][s] - 1.0) for s in steps[1:]]
+    assert max(later) > 1e-3  # the sampler's weights are one step old: its log-probs are not the learner's
+    assert any(run["is/clipped_fraction"][s] > 0 for s in steps[1:])  # and the tight bound masks some tokens
+    assert _synced(tmp_path, "stale") == list(range(STEPS - 1))  # batch t needs version t - 1: 0..4
