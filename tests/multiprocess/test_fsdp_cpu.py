@@ -20,9 +20,16 @@ COMMON = ["trainer.max_steps=8", "eval.every_n_steps=4", "batch.effective=8", "b
           "eval.num_generate=8"]
 
 
+_PLAIN_SINGLE: dict = {}  # the plain 1-process curve, the reference of six tests here and in test_deepspeed_cpu
+
+
 def _curve(tmp: Path, name: str, processes: int, overrides: list[str], fsdp: bool = None,
            stop_at: int = 0) -> dict:
-    """The curve of one run; by default 2 processes run FSDP2 and 1 process runs plain."""
+    """The curve of one run; by default 2 processes run FSDP2 and 1 process runs plain. The plain 1-process run of
+    COMMON alone (the Hugging Face export does not change a curve) is run once per session and shared."""
+    plain = processes == 1 and fsdp is None and not stop_at and set(overrides) <= {"checkpoint.export_hf=false"}
+    if plain and "curve" in _PLAIN_SINGLE:
+        return _PLAIN_SINGLE["curve"]
     launcher = [sys.executable] if processes == 1 else \
         [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", str(processes)]
     hardware = ["hardware=cpu"] if processes == 1 else ["hardware=cpu_2proc"]
@@ -32,7 +39,10 @@ def _curve(tmp: Path, name: str, processes: int, overrides: list[str], fsdp: boo
     out = subprocess.run([*launcher, "-m", "tests.multiprocess.curve_job", str(tmp / name), *hardware, *COMMON,
                           *overrides], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads((tmp / name / "curve.json").read_text())
+    curve = json.loads((tmp / name / "curve.json").read_text())
+    if plain:
+        _PLAIN_SINGLE["curve"] = curve
+    return curve
 
 
 def _max_difference(a: dict, b: dict) -> float:
