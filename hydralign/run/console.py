@@ -44,8 +44,8 @@ def configure_console() -> None:
 
 
 def quiet_mlflow() -> None:
-    """MLflow's notes on creating a new SQLite store ("Creating initial MLflow database tables...")."""
-    import mlflow  # noqa: F401  (configures its loggers at import: set the level after)
-
+    """MLflow's notes on creating a new SQLite store ("Creating initial MLflow database tables..."). Set without
+    importing MLflow (1-2 s, which a run with logger=none never needs): its import-time logging setup configures
+    the ``mlflow`` logger only and keeps these levels (checked)."""
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
