@@ -35,7 +35,7 @@ def export_checkpoint(ckpt: Path, run_config: Path, out: Path) -> Path:
     if cfg.peft.load_in_4bit:
         raise ConfigError(f"{ckpt} is a QLoRA run's checkpoint: export it from that run (its adapter/ and merged "
                           "hf_model/) rather than from the 4-bit training state")
-    tokenizer, _ = tokenizer_and_template(cfg.model)
+    tokenizer, template = tokenizer_and_template(cfg.model)
     model = apply_peft(build_model(cfg.model, tokenizer, int(cfg.seed)), cfg.peft)
     state = checkpoint_weights(ckpt)  # a LoRA run's keys are PEFT's own (base_model.model....)
     missing, unexpected = model.load_state_dict(state, strict=False)
@@ -45,6 +45,11 @@ def export_checkpoint(ckpt: Path, run_config: Path, out: Path) -> Path:
                           f"{sorted(set(missing) - tied)[:5]}, unexpected {sorted(unexpected)[:5]}")
     if is_peft(model):
         model = merged_copy(model)
+    # What the run generated with, as its own hf_model/ says it (checkpoints.saving.export_hf): generation stops at
+    # the template's end of turn, not only at the tokenizer's EOS
+    model.generation_config.eos_token_id = list(tokenizer.convert_tokens_to_ids(template.stop_tokens(
+        tokenizer.eos_token)))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
     tmp = out.with_name(f"{out.name}.tmp.{os.getpid()}")  # this process's own: never another's half-write
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

@@ -42,7 +42,7 @@ def test_a_run_started_from_the_best_checkpoint_of_another(tmp_path):
 
 
 def test_a_checkpoint_exported_as_a_model_directory(tmp_path):
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     run(tiny_cfg(tmp_path, SHORT))
     run_dir = tmp_path / "run"
@@ -53,5 +53,20 @@ def test_a_checkpoint_exported_as_a_model_directory(tmp_path):
     saved = torch.load(run_dir / "checkpoints" / "step000004.ckpt", weights_only=True)["state_dict"]
     for name, tensor in model.state_dict().items():
         assert torch.equal(tensor, saved["model." + name]), name
+    tok = AutoTokenizer.from_pretrained(out)  # generation stops where the run's did (tulu: its turns end in EOS)
+    assert model.generation_config.eos_token_id == [tok.eos_token_id]
+    assert model.generation_config.pad_token_id == tok.pad_token_id is not None
     stamp = (out / "config.json").stat().st_mtime_ns
     assert lineage.resolve_model_dir(f"{run_dir}:step=4") == out and (out / "config.json").stat().st_mtime_ns == stamp
+
+
+def test_a_chatml_checkpoint_exports_its_end_of_turn_as_a_stop_token(tmp_path):
+    """lm_eval and vLLM read the directory's generation_config: a chatml run's export stops at <|im_end|> too,
+    as the run's own hf_model/ does (checkpoints.saving.export_hf)."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    run(tiny_cfg(tmp_path, SHORT + ["model.chat_template=chatml"]))
+    lineage._MEMO.clear()
+    out = lineage.resolve_model_dir(f"{tmp_path / 'run'}:last")
+    tok, gen = AutoTokenizer.from_pretrained(out), GenerationConfig.from_pretrained(out)
+    assert sorted(gen.eos_token_id) == sorted(tok.convert_tokens_to_ids(["<|im_end|>", tok.eos_token]))
