@@ -4,7 +4,8 @@ hardware.generator_devices=1`` is 1 learner + 1 generator process, weights broad
 - max_staleness=0 samples exactly what the single-process run samples (the same rewards, lengths and truncations
   at every step: the same completions) and trains to the same losses (1e-5); the importance ratio is 1.
 - After every broadcast the generator's weights are the learner's (SHA-256 of the bytes, HYDRALIGN_VERIFY_SYNC=1).
-- max_staleness=1 samples rollout batch t with the weights of t - 1: rollout/staleness 1, the ratio moves off 1.
+- max_staleness=1 samples rollout batch t with the weights of t - 1: rollout/staleness 1, the ratio moves off 1;
+  under FSDP2 learners (2 learners + 1 generator) the broadcast weights are the whole, gathered tensors.
 
 From random init with a format reward (the completion starts with a digit: about half of them), so advantages and
 gradients are not zero and the weights move every step."""
@@ -21,7 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-STEPS = 6
+STEPS = 4
 TASK = ["method=grpo", "data.arithmetic.max_digits=2", "data.arithmetic.num_train=512", "data.arithmetic.num_val=16",
         "checkpoint.save_last=false", "checkpoint.export_hf=false", "trainer.log_every_n_steps=1",
         "eval.max_new_tokens=4", "method.prompts_per_step=8", "method.num_generations=4", "batch.micro=16",
@@ -66,16 +67,28 @@ def test_staleness_0_reproduces_the_single_process_run_and_every_sync_is_exact(t
         assert apart["is/clipped_fraction"][s] == 0.0 and apart["rollout/staleness"][s] == 0.0
     for key in ("time/generation_s", "time/training_s", "time/waiting_s", "time/weight_sync_s"):
         assert set(apart[key]) == set(steps), key
-    assert _synced(tmp_path, "apart") == list(range(STEPS))  # version 0, then after steps 1..5 (6 needs none)
+    assert _synced(tmp_path, "apart") == list(range(STEPS))  # version 0, then after each step but the last
 
 
-def test_staleness_1_samples_with_the_previous_weights_and_corrects_for_it(tmp_path):
-    run = _run(tmp_path, "stale", "hardware=cpu_2proc", "hardware.generator_devices=1", "method.max_staleness=1",
-               "method.importance_sampling_mode=token_mask", "method.importance_sampling_clip_max=1.05")
+def test_staleness_1_under_fsdp2_samples_with_the_previous_weights_and_corrects_for_it(tmp_path):
+    """2 FSDP2 learners + 1 generator: the learners gather each tensor, learner 0 broadcasts it; what the generator
+    holds after each broadcast is learner 0's gathered weights (checksums), and at version 0 these are the initial
+    model's, built here in one piece (so the gathering gives the whole tensors, not shards)."""
+    from hydralign.models import build_model, tokenizer_and_template
+    from hydralign.rollout_workers.channel import checksum
+    from tests.helpers import compose_cfg
+
+    run = _run(tmp_path, "stale", "hardware=cpu_2proc", "hardware.devices_per_node=3", "hardware.strategy=fsdp",
+               "hardware.generator_devices=1", "method.max_staleness=1", "method.importance_sampling_mode=token_mask",
+               "method.importance_sampling_clip_max=1.05")
     steps = list(range(1, STEPS + 1))
     assert [run["rollout/staleness"][s] for s in steps] == [0.0] + [1.0] * (STEPS - 1)
     assert run["is/ratio_mean"][1] == pytest.approx(1.0, abs=1e-5)
     later = [abs(run["is/ratio_mean"][s] - 1.0) for s in steps[1:]]
     assert max(later) > 1e-3  # the sampler's weights are one step old: its log-probs are not the learner's
     assert any(run["is/clipped_fraction"][s] > 0 for s in steps[1:])  # and the tight bound masks some tokens
-    assert _synced(tmp_path, "stale") == list(range(STEPS - 1))  # batch t needs version t - 1: 0..4
+    lines = [json.loads(line) for line in (tmp_path / "stale" / "launch" / "weight_sync.jsonl").read_text().splitlines()]
+    assert [x["version"] for x in lines] == list(range(STEPS - 1))  # batch t needs version t - 1: 0..STEPS-2
+    cfg = compose_cfg(TASK)
+    tokenizer, _ = tokenizer_and_template(cfg.model)
+    assert lines[0]["sha256"] == checksum(build_model(cfg.model, tokenizer, cfg.seed, cfg.peft).state_dict().values())
