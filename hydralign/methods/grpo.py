@@ -220,6 +220,14 @@ class GRPOModule(PostTrainingModule):
         self._client = RolloutClient.start(self.model, self.plan, self.global_rank, self.global_step, prompts,
                                            self.stop_token_ids, log, timeout)
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The policy version (optimizer steps applied) the weights are: a resumed run with generator processes
+        samples from it again (rollout_workers.schedule: in-flight batches are discarded)."""
+        super().on_save_checkpoint(checkpoint)
+        r = self.plan.rollout
+        checkpoint["hydralign"].update(policy_version=int(self.global_step), generator_devices=r.generator_devices,
+                                       max_staleness=r.max_staleness)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if batch_idx % self.plan.grad_accum == 0:
             self._step_started = time.perf_counter()

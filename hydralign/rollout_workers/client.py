@@ -32,9 +32,14 @@ class RolloutClient:
             channel.post("hello", {"plan": plan, "prompts": prompts, "stop_ids": list(stop_ids),
                                    "start_version": start_version, "layout": layout})
             print(f"hydralign: {channel.generators} generator process(es) sample rollout batches "
-                  f"{schedule.start_rollout}..{r.total_rollouts - 1}, up to {r.max_staleness} ahead of training; "
-                  f"weights from optimizer step {start_version} on (a resumed run samples its in-flight batches again "
-                  "from the restored weights)", flush=True)
+                  f"{schedule.start_rollout}..{r.total_rollouts - 1}, up to {r.max_staleness} ahead of training, "
+                  f"starting from policy version {start_version} (optimizer steps)", flush=True)
+            if start_version and r.max_staleness:
+                last = min(schedule.start_rollout + r.max_staleness, r.total_rollouts) - 1
+                print(f"hydralign: resumed: rollout batches {schedule.start_rollout}..{last}, in flight when the run "
+                      f"stopped (sampled with older weights), are discarded and sampled again from the restored "
+                      f"weights (version {start_version}); from batch {last + 1} on, sampling is "
+                      f"{r.max_staleness} batch(es) behind again", flush=True)
         client = cls(channel, schedule, rank, log)
         client.sync(model, start_version)
         return client

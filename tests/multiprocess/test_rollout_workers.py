@@ -5,7 +5,8 @@ hardware.generator_devices=1`` is 1 learner + 1 generator process, weights broad
   at every step: the same completions) and trains to the same losses (1e-5); the importance ratio is 1.
 - After every broadcast the generator's weights are the learner's (SHA-256 of the bytes, HYDRALIGN_VERIFY_SYNC=1).
 - max_staleness=1 samples rollout batch t with the weights of t - 1: rollout/staleness 1, the ratio moves off 1;
-  under FSDP2 learners (2 learners + 1 generator) the broadcast weights are the whole, gathered tensors.
+  under FSDP2 learners (2 learners + 1 generator) the broadcast weights are the whole, gathered tensors; a resumed
+  run samples its in-flight batch again from the restored weights.
 
 From random init with a format reward (the completion starts with a digit: about half of them), so advantages and
 gradients are not zero and the weights move every step."""
@@ -38,7 +39,7 @@ def _run(tmp: Path, name: str, *overrides: str) -> dict[str, dict[int, float]]:
     store = f"sqlite:///{tmp / name}.db"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRALIGN_VERIFY_SYNC": "1"}
     out = subprocess.run([sys.executable, "-m", "hydralign", *TASK, *overrides, "logger=mlflow",
-                          f"logger.tracking_uri={store}", f"hydra.run.dir={tmp / name}"],
+                          f"logger.tracking_uri={store}", f"hydra.run.dir={tmp / name}"],  # (run_dir, if given, wins)
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(tracking_uri=store)
@@ -70,25 +71,36 @@ def test_staleness_0_reproduces_the_single_process_run_and_every_sync_is_exact(t
     assert _synced(tmp_path, "apart") == list(range(STEPS))  # version 0, then after each step but the last
 
 
-def test_staleness_1_under_fsdp2_samples_with_the_previous_weights_and_corrects_for_it(tmp_path):
-    """2 FSDP2 learners + 1 generator: the learners gather each tensor, learner 0 broadcasts it; what the generator
-    holds after each broadcast is learner 0's gathered weights (checksums), and at version 0 these are the initial
-    model's, built here in one piece (so the gathering gives the whole tensors, not shards)."""
+def test_staleness_1_under_fsdp2_corrects_for_it_syncs_whole_weights_and_resumes_from_the_restored_ones(tmp_path):
+    """2 FSDP2 learners + 1 generator, max_staleness=1, stopped after 2 steps and resumed to 4 (resume=auto):
+    - batch t is sampled with the weights of t - 1 (rollout/staleness 1), the ratio moves off 1 and the tight
+      token_mask bound zeroes some tokens;
+    - the learners gather each tensor and learner 0 broadcasts it: what the generator holds after each broadcast is
+      learner 0's (checksums), and at version 0 it is the initial model built here in one piece (whole tensors);
+    - the checkpoint records its policy version; the resumed run samples batch 2 (in flight at the stop: it was
+      sampled with version 1) again from the restored weights (version 2, staleness 0, ratio 1), then batch 3 one
+      step behind again."""
+    import torch
+
     from hydralign.models import build_model, tokenizer_and_template
     from hydralign.rollout_workers.channel import checksum
     from tests.helpers import compose_cfg
 
-    run = _run(tmp_path, "stale", "hardware=cpu_2proc", "hardware.devices_per_node=3", "hardware.strategy=fsdp",
-               "hardware.generator_devices=1", "method.max_staleness=1", "method.importance_sampling_mode=token_mask",
-               "method.importance_sampling_clip_max=1.05")
-    steps = list(range(1, STEPS + 1))
-    assert [run["rollout/staleness"][s] for s in steps] == [0.0] + [1.0] * (STEPS - 1)
-    assert run["is/ratio_mean"][1] == pytest.approx(1.0, abs=1e-5)
-    later = [abs(run["is/ratio_mean"][s] - 1.0) for s in steps[1:]]
-    assert max(later) > 1e-3  # the sampler's weights are one step old: its log-probs are not the learner's
-    assert any(run["is/clipped_fraction"][s] > 0 for s in steps[1:])  # and the tight bound masks some tokens
+    setup = ["hardware=cpu_2proc", "hardware.devices_per_node=3", "hardware.strategy=fsdp",
+             "hardware.generator_devices=1", "method.max_staleness=1", "method.importance_sampling_mode=token_mask",
+             "method.importance_sampling_clip_max=1.05", "eval.every_n_steps=2", "checkpoint.save_last=true",
+             f"run_dir={tmp_path / 'stale'}"]
+    _run(tmp_path, "stale", *setup, "trainer.max_steps=2")
+    meta = torch.load(tmp_path / "stale" / "checkpoints" / "step000002.ckpt" / "meta.pt", weights_only=False)
+    assert meta["hydralign"]["policy_version"] == 2 and meta["hydralign"]["max_staleness"] == 1
+    run = _run(tmp_path, "stale", *setup, "trainer.max_steps=4", "resume=auto")
+    assert [run["rollout/staleness"][s] for s in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 1.0]
+    for s in (1, 3):  # sampled with the weights being trained
+        assert run["is/ratio_mean"][s] == pytest.approx(1.0, abs=1e-4) and run["is/clipped_fraction"][s] == 0.0
+    for s in (2, 4):  # sampled one step behind
+        assert abs(run["is/ratio_mean"][s] - 1.0) > 1e-3 and run["is/clipped_fraction"][s] > 0
     lines = [json.loads(line) for line in (tmp_path / "stale" / "launch" / "weight_sync.jsonl").read_text().splitlines()]
-    assert [x["version"] for x in lines] == list(range(STEPS - 1))  # batch t needs version t - 1: 0..STEPS-2
+    assert [x["version"] for x in lines] == [0, 2]  # batches 0, 1 need version 0; after the resume 2, 3 need 2
     cfg = compose_cfg(TASK)
     tokenizer, _ = tokenizer_and_template(cfg.model)
     assert lines[0]["sha256"] == checksum(build_model(cfg.model, tokenizer, cfg.seed, cfg.peft).state_dict().values())
