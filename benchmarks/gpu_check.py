@@ -10,6 +10,8 @@ one run on a borrowed GPU gives every answer it can.
     chunked_loss     SFT's chunked loss (Liger's fused kernel where installed) vs the full-logits loss: value and
                      gradient equal (bf16 weights: 1e-2 relative)
     deepspeed_zero   DeepSpeed ZeRO-2 and ZeRO-3 on one GPU for 12 steps: the loss curve of plain bf16 DDP (5e-2)
+    grpo_vllm        GRPO's vLLM generator engine: weights loaded through collective_rpc, 4 prompts x 8 sampled, its
+                     log-probs vs the same weights' HF forward; with >= 2 GPUs the 1 learner + 1 vLLM generator job
 
     python -m benchmarks.gpu_check --device cuda --out gpu_check.md   # what gpu_check.sh runs
     python -m benchmarks.gpu_check --device cpu --out /tmp/smoke.md   # the script's own smoke test, tiny, on CPU
@@ -219,9 +221,63 @@ def deepspeed_zero(device: str, tmp: Path) -> str:
                      f"({'same curve' if w <= tolerance else 'DIFFERS'})" for n, w in worst.items())
 
 
+def grpo_vllm(device: str, tmp: Path) -> str:
+    """GRPO's vLLM generator engine (hydralign/rollout_workers/engines.py) on this GPU: built from the tiny policy,
+    given new weights through collective_rpc (the learners' broadcast lands in its buffers), it samples 4 prompts x 8;
+    its log-probs of the sampled tokens are compared with the same weights' HF forward (the importance ratio the
+    correction would see: ~1 up to bf16 numerics). With >= 2 GPUs also the real job: 1 learner + 1 vLLM generator,
+    max_staleness 1, 6 steps."""
+    need("vllm")
+    import torch
+
+    if device != "cuda" or not torch.cuda.is_available():
+        raise Skipped("vLLM needs a CUDA GPU")
+    from hydralign.generation import completion_logps, finish_rollout
+    from hydralign.models import build_model, tokenizer_and_template
+    from hydralign.rollout_workers.engines import VLLMEngine
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(["method=grpo", "generation=vllm", "generation.vllm_gpu_memory_utilization=0.3"])
+    tokenizer, template = tokenizer_and_template(cfg.model)
+    stops = tokenizer.convert_tokens_to_ids(template.stop_tokens(tokenizer.eos_token))
+    policy = build_model(cfg.model, tokenizer, 1, cfg.peft)  # the "learner": other weights than the engine's seed 0
+    layout = [(n, t.dtype, tuple(t.shape)) for n, t in policy.state_dict().items()]
+    engine = VLLMEngine(build_model(cfg.model, tokenizer, 0, cfg.peft), tokenizer, cfg.generation,
+                        tokenizer.pad_token_id, stops, 1.0, 8, 32, 0, layout)
+    for buf, t in zip(engine.buffers(), policy.state_dict().values()):
+        buf.copy_(t)
+    started = time.perf_counter()
+    engine.load()
+    loaded_s = time.perf_counter() - started
+    prompts = [tokenizer.encode(f"{a}+{b}=") for a, b in ((12, 34), (5, 77), (40, 40), (9, 1))]
+    got = engine.sample(prompts, 8, seed=1234)
+    done = finish_rollout(got["out"], got["prompt_mask"], got["width"], stops, tokenizer.pad_token_id)
+    policy = policy.to("cuda").eval()
+    with torch.no_grad():
+        hf = completion_logps(policy, done["ids"].cuda(), done["attention"].cuda(), done["positions"].cuda(),
+                              got["width"], 1.0).cpu()
+    mask = done["completion_mask"]
+    diff = ((hf - got["sampler_logps"]).abs() * mask).sum() / mask.sum()
+    ratio = (torch.exp(hf - got["sampler_logps"]) * mask).sum() / mask.sum()
+    line = (f"engine: weights loaded in {loaded_s:.2f} s, {int(mask.sum())} sampled tokens, mean |logp vLLM - HF| "
+            f"{diff:.3e}, mean ratio {ratio:.4f} ({'close' if abs(float(ratio) - 1) < 0.05 else 'FAR'})")
+    if torch.cuda.device_count() >= 2:
+        import subprocess
+        import sys
+
+        from hydralign.run.job import run  # noqa: F401 (the job itself runs through the CLI's launcher)
+
+        job = subprocess.run([sys.executable, "-m", "hydralign", "method=grpo", "hardware=1xA100",
+                              "hardware.devices_per_node=2", "hardware.generator_devices=1", "hardware.gpu=null",
+                              "generation=vllm", "method.max_staleness=1", *quiet(6), f"hydra.run.dir={tmp / 'job'}"],
+                             capture_output=True, text=True, timeout=400)
+        line += f"; job 1 learner + 1 vLLM generator: {'ok' if job.returncode == 0 else job.stderr[-300:]}"
+    return line
+
+
 CHECKS: dict[str, Callable[[str, Path], str]] = {
     "fsdp_sft_1b": fsdp_sft_1b, "packed_varlen": packed_varlen, "qlora_dpo": qlora_dpo,
-    "chunked_loss": chunked_loss, "deepspeed_zero": deepspeed_zero}
+    "chunked_loss": chunked_loss, "deepspeed_zero": deepspeed_zero, "grpo_vllm": grpo_vllm}
 
 
 def environment(device: str) -> str:
@@ -229,7 +285,7 @@ def environment(device: str) -> str:
 
     gpu = torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else "none"
     found = {m: importlib.util.find_spec(m) is not None for m in ("flash_attn", "liger_kernel", "bitsandbytes",
-                                                                  "deepspeed")}
+                                                                  "deepspeed", "vllm")}
     return (f"torch {torch.__version__}, CUDA {torch.version.cuda}, GPU {gpu}; "
             + ", ".join(f"{m} {'yes' if ok else 'no'}" for m, ok in found.items()))
 

@@ -83,10 +83,10 @@ class VLLMEngine:
 
         self._dir = tempfile.mkdtemp(prefix="hydralign-vllm-")
         model.save_pretrained(self._dir)  # the architecture (and initial weights; the learners' come next)
-        tokenizer.save_pretrained(self._dir)
         self.names = [n for n, _, _ in layout]
         self._buffers = [torch.empty(tuple(s), dtype=d) for _, d, s in layout]
-        self.llm = LLM(model=self._dir, tokenizer=self._dir, dtype=str(gcfg.vllm_dtype), seed=seed,
+        # token ids in, token ids out: vLLM never needs the tokenizer (hydralign's own char tokenizer included)
+        self.llm = LLM(model=self._dir, skip_tokenizer_init=True, dtype=str(gcfg.vllm_dtype), seed=seed,
                        gpu_memory_utilization=float(gcfg.vllm_gpu_memory_utilization), enforce_eager=True,
                        max_model_len=max_prompt_tokens + max_new_tokens, logprobs_mode="processed_logprobs")
         self.pad_id, self.stop_ids, self.temperature, self.max_new = pad_id, stop_ids, temperature, max_new_tokens
@@ -105,6 +105,7 @@ class VLLMEngine:
                                  max_tokens=self.max_new, stop_token_ids=list(self.stop_ids), seed=seed + i,
                                  logprobs=0) for i in range(len(prompts))]
         outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        # (detokenize is off with skip_tokenizer_init; the learner decodes for its verifiers)
         rows, logps = [], []
         for request in outputs:
             for c in request.outputs:
