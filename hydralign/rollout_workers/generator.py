@@ -80,7 +80,8 @@ def main(config_file: str) -> int:
     index = int(os.environ[LEARNERS_ENV]) + int(os.environ[RANK_ENV])  # its place among the job's processes
     error_file = Path(config_file).parent / f"rank{index}.error"
     signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))  # the job ended (learners done, or one failed)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    for stop in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):  # a stop signal is the learners' to act on (they
+        signal.signal(stop, signal.SIG_IGN)  # checkpoint and end; the launcher then ends this process with SIGHUP)
     try:
         serve(OmegaConf.load(config_file))
         return 0

@@ -58,3 +58,20 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
         supervise([cmd, cmd], [rank_env(r, 2, 29555, {}) for r in range(2)], tmp_path, grace_s=5)
     assert time.time() - started < 30  # rank 0 was stopped, not waited for
     assert Path(tmp_path, "rank1.log").is_file()
+
+
+def test_generator_processes_are_stopped_when_the_ranks_are_done_and_fail_the_job_when_they_fail(tmp_path):
+    """supervise(helpers=1): the last process serves the others (a generator process). The ranks ending well end the
+    job well, the helper still running is stopped; a helper that fails first ends the job with its error."""
+    import os
+
+    rank = [sys.executable, "-c", "import time; time.sleep(0.5)"]
+    serving = [sys.executable, "-c", "import time; time.sleep(60)"]
+    env = dict(os.environ)
+    started = time.time()
+    supervise([rank, serving], [env, env], tmp_path, grace_s=5, helpers=1)
+    assert time.time() - started < 20  # not waited for
+    failing = [sys.executable, "-c", "import pathlib, sys; pathlib.Path(sys.argv[1], 'rank1.error').write_text("
+               "'generator 0: RuntimeError: engine broke'); sys.exit(1)", str(tmp_path)]
+    with pytest.raises(RankFailed, match=r"rank 1 of 2 failed: generator 0: RuntimeError: engine broke"):
+        supervise([serving, failing], [env, env], tmp_path, grace_s=5, helpers=1)
