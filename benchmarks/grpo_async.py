@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--eval-every", type=int, default=40)
     ap.add_argument("--modes", nargs="+", default=list(MODES))
+    ap.add_argument("--tag", default="", help="a suffix for the run names (with --extra)")
+    ap.add_argument("--extra", nargs="*", default=[], help="overrides added to every GRPO run")
     args = ap.parse_args()
     out = Path(args.out)
     sft = out / "sft"
@@ -71,10 +73,10 @@ def main() -> None:
     for seed in args.seeds:
         for mode in args.modes:
             extra, threads = MODES[mode]
-            name = f"{mode}_seed{seed}"
+            name = f"{mode}_seed{seed}{args.tag}"
             store = f"sqlite:///{out / name}.db"
             if not (out / name / "metrics.json").is_file():
-                _hydralign(GRPO + extra + [f"init_from={sft}", f"seed={seed}", f"trainer.max_steps={args.steps}",
+                _hydralign(GRPO + extra + args.extra + [f"init_from={sft}", f"seed={seed}", f"trainer.max_steps={args.steps}",
                                            f"eval.every_n_steps={args.eval_every}", "logger=mlflow",
                                            f"logger.tracking_uri={store}", f"hydra.run.dir={out / name}"], threads)
             m = _metrics(store)
@@ -90,7 +92,7 @@ def main() -> None:
                 "is_ratio_mean": sum(v for _, _, v in m["is/ratio_mean"]) / max(1, len(m["is/ratio_mean"])),
             }
             print(name, json.dumps(results[name]), flush=True)
-    (out / "summary.json").write_text(json.dumps(results, indent=1))
+    (out / f"summary{args.tag}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

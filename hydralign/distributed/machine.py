@@ -76,11 +76,17 @@ def check_machine(hw: Any) -> None:
 
 
 def check_generation_backend(cfg: Any) -> None:
-    """generation.backend=vllm on generator processes (the plan has checked the config): the vllm package must import
-    here, where the generators will run; checked beside the device count, after dry_run has printed the plan."""
+    """Generator processes (the plan has checked the config): started by hydralign's launcher only, and with
+    generation.backend=vllm the vllm package must import here, where they will run; checked beside the device count,
+    after dry_run has printed the plan."""
     import importlib.util
 
-    if int(cfg.hardware.get("generator_devices", 0) or 0) < 1 or cfg.get("generation", {}).get("backend") != "vllm":
+    gens = int(cfg.hardware.get("generator_devices", 0) or 0)
+    if gens and ("LOCAL_RANK" in os.environ or cfg.hardware.nodes > 1):
+        raise ConfigError(f"hardware.generator_devices={gens}: hydralign starts the learners and the generator processes "
+                          "itself, on one node: run `python -m hydralign ...` (not under torchrun or srun), or set "
+                          "hardware.generator_devices=0")
+    if gens < 1 or cfg.get("generation", {}).get("backend") != "vllm":
         return
     if importlib.util.find_spec("vllm") is None:
         raise ConfigError("generation.backend=vllm: the vllm package cannot be imported on this machine; the generator "

@@ -154,7 +154,7 @@ def test_generator_refusals(overrides, pattern):
         make_plan(compose_cfg(overrides))
 
 
-def test_tulu_card_plans_7_learners_and_a_vllm_generator_and_a_machine_without_vllm_refuses_it():
+def test_tulu_card_plans_7_learners_and_a_vllm_generator_and_a_machine_without_vllm_refuses_it(monkeypatch):
     """The Tulu card as the paper ran it: its dry run prints 7 learners + 1 vLLM generator on any machine; a real run
     checks, beside the device count, that vllm imports where the generator will run (this machine has no vllm)."""
     import importlib.util
@@ -169,4 +169,8 @@ def test_tulu_card_plans_7_learners_and_a_vllm_generator_and_a_machine_without_v
             check_generation_backend(cfg)
     else:
         check_generation_backend(cfg)
-    check_generation_backend(compose_cfg(["experiment=tulu3_8b_rlvr", "generation.backend=hf"]))  # nothing to import
+    hf = compose_cfg(["experiment=tulu3_8b_rlvr", "generation.backend=hf"])
+    check_generation_backend(hf)  # nothing to import
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a rank torchrun or srun started: hydralign cannot add the generators
+    with pytest.raises(ConfigError, match=r"starts the learners and the generator processes itself.*not under torchrun"):
+        check_generation_backend(hf)
