@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from hydralign.data.cache import cache_key
+from hydralign.data.cache import cache_key, prepare_data
 from hydralign.data.kinds import get_kind
 from hydralign.data.loading import load_records
 from hydralign.errors import ConfigError
@@ -90,6 +90,16 @@ def test_the_plan_counts_each_share_and_refuses_before_reading(tmp_path, sources
     cfg.data.source = "files"
     with pytest.raises(ConfigError, match="data.mixture is set but data.source=files"):
         make_plan(cfg)
+
+
+def test_each_source_is_logged_with_its_count(tmp_path, sources):
+    cfg = _cfg(tmp_path, sources)
+    tokenizer, template = tokenizer_and_template(cfg.model)
+    prepared = prepare_data(cfg, tokenizer, template, get_kind("sft"))
+    metrics = prepared.metrics()
+    assert {k: v for k, v in metrics.items() if k.startswith("data/mix/")} == {
+        "data/mix/a/examples": 50.0, "data/mix/b/examples": 20.0, "data/mix/cee/examples": 30.0}
+    assert metrics["data/cache_hit"] == 0.0 and "mixture: a 50; b 20; cee 30" in prepared.describe()
 
 
 def test_the_mixture_is_part_of_the_cache_key(tmp_path, sources):
