@@ -175,8 +175,9 @@ def ensure_cache(cfg: Any, tokenizer: Any, template: Any, kind: Any) -> dict[str
                     aside = root / f"{key}.damaged-{os.getpid()}-{time.time_ns()}"
                     os.replace(folder, aside)
                     shutil.rmtree(aside, ignore_errors=True)
+                for stale in root.glob(f"{key}.tmp-*"):  # a build killed midway (this lock is free: none runs)
+                    shutil.rmtree(stale, ignore_errors=True)
                 tmp = root / f"{key}.tmp-{os.getpid()}"
-                shutil.rmtree(tmp, ignore_errors=True)
                 _write(tmp, encode_data(cfg, tokenizer, template, kind), key, described)
                 os.replace(tmp, folder)
                 fsync_path(root)

@@ -115,3 +115,14 @@ def test_a_damaged_cache_is_rebuilt_never_used(tmp_path, files, damage):
     assert (first["hit"], again["hit"], again["rebuilt_damaged"]) == (False, False, True)
     assert _items(open_cache(folder, kind), "train") == good
     assert ensure_cache(cfg, tokenizer, template, kind)["hit"]
+
+
+def test_a_build_killed_midway_leaves_nothing_used(tmp_path, files):
+    cfg = _cfg(tmp_path, files)
+    tokenizer, template = tokenizer_and_template(cfg.model)
+    key = cache_key(cfg, tokenizer, get_kind("sft"))[0]
+    stale = Path(cfg.data.cache_dir) / f"{key}.tmp-999999"  # what a killed build leaves: no manifest, never renamed
+    stale.mkdir(parents=True)
+    (stale / "train.arrow").write_bytes(b"partial")
+    report = ensure_cache(cfg, tokenizer, template, get_kind("sft"))
+    assert not report["hit"] and not stale.exists() and Path(report["path"]).name == key
