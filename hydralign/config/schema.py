@@ -178,6 +178,7 @@ class DataConfig:
     val_files: list[str] = field(default_factory=list)
     hub_id: Optional[str] = None
     hub_config: Optional[str] = None
+    hub_revision: Optional[str] = None  # a commit or tag of the hub set (part of the tokenized cache's key)
     train_split: str = "train"
     val_split: Optional[str] = None
     val_fraction: float = 0.0  # carve a validation split from train when none is given

@@ -95,7 +95,8 @@ def cache_key(cfg: Any, tokenizer: Any, kind: Any) -> tuple[str, dict[str, Any]]
     if d.source == "files":
         source["files"] = _files(d.train_files)
     elif d.source == "hub":
-        source.update(hub_id=d.hub_id, hub_config=d.hub_config, split=d.train_split, val_split=d.val_split)
+        source.update(hub_id=d.hub_id, hub_config=d.hub_config, revision=d.get("hub_revision"), split=d.train_split,
+                      val_split=d.val_split)
     else:
         source["mixture"] = _mixture(d)
     described = {

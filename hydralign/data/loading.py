@@ -58,7 +58,8 @@ def load_records(cfg: Any, kind: str = "sft", mix: Optional[dict[str, int]] = No
     elif dcfg.source == "hub":
         if not dcfg.hub_id:
             raise ConfigError("data.source=hub needs data.hub_id")
-        train = convert(readers.read_hub(dcfg.hub_id, dcfg.hub_config, dcfg.train_split), dcfg.hub_id, "train")
+        train = convert(readers.read_hub(dcfg.hub_id, dcfg.hub_config, dcfg.train_split, dcfg.get("hub_revision")),
+                        dcfg.hub_id, "train")
     elif dcfg.source == "mixture":
         train, counts = mixture_items(dcfg, data_seed(cfg), lambda fields: data_kind.converter(fields, skipped),
                                       lambda recs, where, reader: convert(recs, where, "train", reader))
@@ -69,7 +70,8 @@ def load_records(cfg: Any, kind: str = "sft", mix: Optional[dict[str, int]] = No
     if dcfg.val_files:
         val = convert(readers.read_files(list(dcfg.val_files)), "val", "val")
     elif dcfg.source == "hub" and dcfg.val_split:
-        val = convert(readers.read_hub(dcfg.hub_id, dcfg.hub_config, dcfg.val_split), dcfg.hub_id, "val")
+        val = convert(readers.read_hub(dcfg.hub_id, dcfg.hub_config, dcfg.val_split, dcfg.get("hub_revision")),
+                      dcfg.hub_id, "val")
     else:
         val = []
     if not val:

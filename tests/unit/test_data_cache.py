@@ -46,6 +46,8 @@ def test_key_ignores_what_does_not_change_tokens_and_follows_what_does(tmp_path,
     base = _key(tmp_path, files)
     for extra in NOT_IN_KEY:
         assert _key(tmp_path, files, extra) == base, extra
+    hub = ["data.source=hub", "data.hub_id=org/set"]
+    assert _key(tmp_path, files, hub + ["data.hub_revision=abc"]) != _key(tmp_path, files, hub)
     dpo = _key(tmp_path, files, ["method=dpo"])
     assert _key(tmp_path, files, ["method=dpo", "method.beta=0.5", "method.loss_type=ipo"]) == dpo
     seen = {base}
