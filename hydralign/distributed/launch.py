@@ -212,8 +212,11 @@ def launch(cfg: Any, run_dir: Path) -> dict[str, float]:
     print(f"hydralign: starting {world} learner processes" + (f" + {gens} generator processes" if gens else "") +
           f" (all but rank 0 log to {launch_dir}/rank<N>.log)", flush=True)
     envs = [rank_env(r, world, port, extra) for r in range(world)]
-    envs += [{**os.environ, **extra, "HYDRALIGN_GENERATOR_RANK": str(g), "MASTER_ADDR": "127.0.0.1"}
-             for g in range(gens)]
+    gpus = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or \
+        [str(i) for i in range(int(hw.devices_per_node))]
+    own = (lambda g: {"CUDA_VISIBLE_DEVICES": gpus[world + g]}) if hw.accelerator == "gpu" else (lambda g: {})
+    envs += [{**os.environ, **extra, "HYDRALIGN_GENERATOR_RANK": str(g), "MASTER_ADDR": "127.0.0.1", **own(g)}
+             for g in range(gens)]  # a generator sees only its own GPU (the devices after the learners')
     supervise([cmd] * world + [gen_cmd] * gens, envs, launch_dir, helpers=gens)
     return json.loads((run_dir / "metrics.json").read_text())
 

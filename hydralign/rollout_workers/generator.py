@@ -50,7 +50,7 @@ def serve(cfg: Any) -> None:
     plan = hello["plan"]
     r = plan.rollout
     gpu = cfg.hardware.accelerator == "gpu"
-    device = torch.device("cuda", learners + g) if gpu else torch.device("cpu")
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")  # the launcher shows it its own GPU only
     tokenizer, _ = tokenizer_and_template(cfg.model)
     engine = _engine(cfg, hello, tokenizer, device)
     sync = SyncSchedule(r.steps_per_rollout, r.max_staleness, r.weight_sync_steps, r.total_rollouts,
