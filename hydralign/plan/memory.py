@@ -192,7 +192,8 @@ def memory_inputs(cfg: Any, micro: int, sequences_per_example: int, held: tuple[
     return MemoryInputs(
         params=params, arch=arch, weight_bytes=weight_bytes, mixed=precision.endswith("-mixed"),
         strategy=str(setting(cfg, "hardware.strategy")),
-        world=int(setting(cfg, "hardware.nodes")) * int(setting(cfg, "hardware.devices_per_node")),
+        world=int(setting(cfg, "hardware.nodes")) * int(setting(cfg, "hardware.devices_per_node"))
+        - int(setting(cfg, "hardware.generator_devices") or 0),  # the learners: generators hold their own copy
         zero_stage=setting(cfg, "hardware.zero_stage"),
         offload_optimizer=bool(setting(cfg, "hardware.zero_offload_optimizer")),
         offload_params=bool(setting(cfg, "hardware.zero_offload_params")),

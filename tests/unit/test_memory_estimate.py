@@ -229,3 +229,12 @@ def test_an_evaluation_that_does_not_fit_suggests_a_smaller_harness_batch():
     assert first.startswith("eval.harness.batch_size=1") and "fits" in first
     again = _mem(cfg[:-3] + ["eval.harness.batch_size=1"] + HARNESS)
     assert again.fits is True and again.total_gib == pytest.approx(float(first.split("(")[1].split(" GiB")[0]), abs=0.05)
+
+
+def test_generator_devices_are_not_learners_sharding_the_policy():
+    """Tulu 3 RLVR: 7 learners + 1 vLLM generator on 8 GPUs shard the policy over 7, as 7 GPUs without generators."""
+    card = make_plan(compose_cfg(["experiment=tulu3_8b_rlvr"])).memory
+    seven = make_plan(compose_cfg(["experiment=tulu3_8b_rlvr", "hardware.generator_devices=0",
+                                   "hardware.devices_per_node=7", "generation=hf", "method.max_staleness=0"])).memory
+    assert card.parameters_gib == pytest.approx(seven.parameters_gib)
+    assert card.optimizer_gib == pytest.approx(seven.optimizer_gib) and card.total_gib == pytest.approx(seven.total_gib)
