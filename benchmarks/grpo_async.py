@@ -25,12 +25,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SFT = ["data.arithmetic.max_digits=2", "data.arithmetic.num_train=4000", "data.arithmetic.num_val=128",
-       "eval.num_generate=128", "trainer.max_steps=800", "eval.every_n_steps=400", "checkpoint.keep_last_k=1",
+       "eval.num_generate=128", "eval.every_n_steps=400", "checkpoint.keep_last_k=1",
        "trainer.log_every_n_steps=10", "logger=none", "trainer.enable_progress_bar=false"]
 GRPO = ["method=grpo", "data.arithmetic.max_digits=2", "data.arithmetic.num_train=4000", "data.arithmetic.num_val=128",
         "checkpoint.save_last=false", "checkpoint.export_hf=false", "trainer.log_every_n_steps=1",
         "eval.max_new_tokens=4", "method.prompts_per_step=16", "method.num_generations=8", "batch.micro=32",
-        "lr=5e-5", "method.temperature=2.0", "eval.num_generate=128", "trainer.enable_progress_bar=false"]
+        "lr=5e-5", "eval.num_generate=128", "trainer.enable_progress_bar=false"]
 MODES = {"sync_1thread": (["hardware=cpu"], "1"), "sync_2threads": (["hardware=cpu"], "2"),
          "gen1_stale1": (["hardware=cpu_2proc", "hardware.generator_devices=1", "method.max_staleness=1"], "1")}
 
@@ -62,12 +62,14 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES))
     ap.add_argument("--tag", default="", help="a suffix for the run names (with --extra)")
     ap.add_argument("--extra", nargs="*", default=[], help="overrides added to every GRPO run")
+    ap.add_argument("--sft-steps", type=int, default=800, help="the SFT start's steps (an early start: e.g. 200)")
+    ap.add_argument("--temperature", type=float, default=2.0, help="method.temperature of the GRPO runs")
     args = ap.parse_args()
     out = Path(args.out)
-    sft = out / "sft"
+    sft = out / ("sft" if args.sft_steps == 800 else f"sft{args.sft_steps}")
     if not (sft / "hf_model").is_dir():
         started = time.perf_counter()
-        _hydralign(SFT + [f"hydra.run.dir={sft}"], "1")
+        _hydralign(SFT + [f"trainer.max_steps={args.sft_steps}", f"hydra.run.dir={sft}"], "1")
         print(f"SFT start: {time.perf_counter() - started:.0f} s", flush=True)
     results = {}
     for seed in args.seeds:
@@ -77,6 +79,7 @@ def main() -> None:
             store = f"sqlite:///{out / name}.db"
             if not (out / name / "metrics.json").is_file():
                 _hydralign(GRPO + extra + args.extra + [f"init_from={sft}", f"seed={seed}", f"trainer.max_steps={args.steps}",
+                                           f"method.temperature={args.temperature}",
                                            f"eval.every_n_steps={args.eval_every}", "logger=mlflow",
                                            f"logger.tracking_uri={store}", f"hydra.run.dir={out / name}"], threads)
             m = _metrics(store)
