@@ -71,8 +71,10 @@ def tokenizer_identity(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def _files(paths: Any) -> dict[str, str]:
-    return {str(Path(p).expanduser().resolve()): file_sha256(Path(p).expanduser()) for p in paths}
+def _files(paths: Any) -> list[list[str]]:
+    """``[[path, sha256], ...]`` in the list's order, repeats kept: the files are read and joined in that order
+    (the held-out split and the record order follow it), so another order or a repeated file is other data."""
+    return [[str(Path(p).expanduser().resolve()), file_sha256(Path(p).expanduser())] for p in paths]
 
 
 def _mixture(dcfg: Any) -> list[dict[str, Any]]:

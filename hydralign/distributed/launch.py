@@ -110,7 +110,11 @@ def _supervise(procs: list, logs: list, commands: list[list[str]], envs: list[di
     try:
         main = len(procs) - helpers
         while None in [p.poll() for p in procs][:main]:  # poll every rank each time (any() would stop early)
-            bad = [r for r, p in enumerate(procs) if p.returncode not in (None, 0, PREEMPTED_EXIT)]
+            # A learner that has ended (done, preempted, pruned) takes the rollout store and weight group with it:
+            # a generator then failing on a closed connection is the end of the job, not a failure of it
+            ending = any(p.returncode in (0, PREEMPTED_EXIT, PRUNED_EXIT) for p in procs[:main])
+            bad = [r for r, p in enumerate(procs) if p.returncode not in (None, 0, PREEMPTED_EXIT)
+                   and (r < main or not ending)]
             if bad:
                 failed = bad[0]
                 break

@@ -75,3 +75,22 @@ def test_generator_processes_are_stopped_when_the_ranks_are_done_and_fail_the_jo
                "'generator 0: RuntimeError: engine broke'); sys.exit(1)", str(tmp_path)]
     with pytest.raises(RankFailed, match=r"rank 1 of 2 failed: generator 0: RuntimeError: engine broke"):
         supervise([serving, failing], [env, env], tmp_path, grace_s=5, helpers=1)
+
+
+def test_a_generator_losing_its_learners_at_a_stop_does_not_fail_the_job(tmp_path):
+    """Preempted learners end one after the other; learner 0 took the rollout store with it, so the generator fails
+    on a closed connection while learner 1 still writes its checkpoint. That is the job stopping, not failing:
+    Preempted (to be requeued), and learner 1 is not cut short by SIGHUP."""
+    import os
+
+    from hydralign.distributed.preemption import Preempted
+
+    first = [sys.executable, "-c", "import sys, time; time.sleep(0.3); sys.exit(75)"]
+    second = [sys.executable, "-c", "import pathlib, sys, time; time.sleep(2.0); "
+              "pathlib.Path(sys.argv[1], 'learner1.done').write_text('checkpoint written'); sys.exit(75)", str(tmp_path)]
+    generator = [sys.executable, "-c", "import pathlib, sys, time; time.sleep(0.8); pathlib.Path(sys.argv[1], "
+                 "'rank2.error').write_text('generator 0: ConnectionResetError'); sys.exit(1)", str(tmp_path)]
+    env = dict(os.environ)
+    with pytest.raises(Preempted):
+        supervise([first, second, generator], [env, env, env], tmp_path, grace_s=5, helpers=1)
+    assert (tmp_path / "learner1.done").is_file()

@@ -70,6 +70,17 @@ def test_key_ignores_what_does_not_change_tokens_and_follows_what_does(tmp_path,
     assert _key(tmp_path, files) not in seen
 
 
+def test_key_follows_the_order_and_repeats_of_the_files(tmp_path, files):
+    """The files are joined in list order (the held-out split and record order follow): [a, b], [b, a], [a] and
+    [a, a] are four different data sets, four keys."""
+    other = write_chat(tmp_path / "other.jsonl", 40)
+    a, b = str(files["train"]), str(other)
+    keys = {_key(tmp_path, files, [f"data.train_files=[{lst}]"]) for lst in (f"{a},{b}", f"{b},{a}", a, f"{a},{a}")}
+    assert len(keys) == 4
+    val = ["data.val_fraction=0"]
+    assert _key(tmp_path, files, val + [f"data.val_files=[{a},{b}]"]) != _key(tmp_path, files, val + [f"data.val_files=[{b},{a}]"])
+
+
 def _items(prepared, split):
     return [(tuple(tuple(s.input_ids) for s in e.sequences()), tuple(tuple(s.labels) for s in e.sequences()))
             for e in prepared.examples[split]]
