@@ -59,10 +59,16 @@ def needs_launch(hw: Any) -> bool:
     return int(hw.nodes) * int(hw.devices_per_node) > 1 and not launched_externally()
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports (all bound at once while asked, so none is handed out twice)."""
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 class RankFailed(RuntimeError):
@@ -207,9 +213,9 @@ def launch(cfg: Any, run_dir: Path) -> dict[str, float]:
     if job is not None:
         extra[JOB_ENV] = json.dumps({"num": job[0], "overrides": job[1]})
     gens = int(hw.get("generator_devices", 0) or 0)
-    world, port = int(hw.devices_per_node) - gens, _free_port()
+    world, (port, rollout_port) = int(hw.devices_per_node) - gens, _free_ports(2)
     if gens:  # generator processes beside the learners: they meet at a port of their own (rollout_workers.channel)
-        extra.update({"HYDRALIGN_ROLLOUT_PORT": str(_free_port()), "HYDRALIGN_GENERATORS": str(gens),
+        extra.update({"HYDRALIGN_ROLLOUT_PORT": str(rollout_port), "HYDRALIGN_GENERATORS": str(gens),
                       "HYDRALIGN_LEARNERS": str(world)})
     cmd = [sys.executable, "-m", "hydralign.distributed.launch", str(config_file)]
     gen_cmd = [sys.executable, "-m", "hydralign.rollout_workers.generator", str(config_file)]
@@ -218,6 +224,10 @@ def launch(cfg: Any, run_dir: Path) -> dict[str, float]:
     envs = [rank_env(r, world, port, extra) for r in range(world)]
     gpus = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()] or \
         [str(i) for i in range(int(hw.devices_per_node))]
+    if hw.accelerator == "gpu" and gens and len(gpus) < world + gens:
+        raise ConfigError(f"hardware.devices_per_node={hw.devices_per_node} ({world} learners + {gens} generators) "
+                          f"but CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')} shows {len(gpus)} "
+                          "GPUs: show every device to the job, or lower hardware.devices_per_node")
     own = (lambda g: {"CUDA_VISIBLE_DEVICES": gpus[world + g]}) if hw.accelerator == "gpu" else (lambda g: {})
     envs += [{**os.environ, **extra, "HYDRALIGN_GENERATOR_RANK": str(g), "MASTER_ADDR": "127.0.0.1", **own(g)}
              for g in range(gens)]  # a generator sees only its own GPU (the devices after the learners')

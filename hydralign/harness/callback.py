@@ -13,8 +13,8 @@ Each evaluation, on global rank 0:
 - the newest metrics kept (``latest``): ``run.fit`` returns them with the run's metrics (``metrics.json``, a sweep's
   ``optimized_metric=eval/<task>/<metric>``).
 
-Several ranks, the numbers always one process's: DDP (every rank holds the whole model): rank 0 evaluates while the
-others wait at a barrier. Sharded weights (FSDP2, DeepSpeed): no rank holds the whole model; every rank runs the
+Several ranks, the numbers always one process's: DDP and ZeRO-1/2 (every rank holds the whole model): rank 0
+evaluates while the others wait at a barrier. Sharded weights (FSDP2, ZeRO-3): no rank holds the whole model; every rank runs the
 same lm-eval requests in the same order on its shards, so each forward gathers one layer at a time as in training
 (generation kept in step with ``synced_gpus``), and rank 0 records the results (``adapter.evaluate(synced=True)``).
 The plan's memory estimate counts rank 0 during evaluation (``plan.memory_evaluation``). A long evaluation keeps
@@ -46,7 +46,7 @@ class HarnessEvaluation(Callback):
 
     def setup(self, trainer, module, stage: str) -> None:
         """Task names are checked before training starts (an unknown one fails the run now, not at step N)."""
-        if (trainer.is_global_zero or module.sharded_generation()) and self.manager is None:
+        if (trainer.is_global_zero or self._sharded()) and self.manager is None:
             self.manager = task_manager(self.settings)
 
     def on_validation_end(self, trainer, module) -> None:
@@ -68,7 +68,7 @@ class HarnessEvaluation(Callback):
             return self.evaluated.get(step)
         self._done.add(step)
         metrics = None
-        sharded = module.sharded_generation()  # every rank runs the same requests on the shards
+        sharded = self._sharded()  # every rank runs the same requests on the shards
         if trainer.is_global_zero or sharded:
             started = time.time()
             if self.manager is None:
@@ -80,6 +80,14 @@ class HarnessEvaluation(Callback):
         if trainer.world_size > 1:
             trainer.strategy.barrier("harness evaluation")
         return metrics
+
+    def _sharded(self) -> bool:
+        """The weights are split over the ranks (FSDP2, ZeRO-3): no rank can evaluate alone. DDP and ZeRO-1/2
+        ranks each hold the whole model: rank 0 evaluates, the others wait."""
+        from hydralign.config.read import setting
+
+        zero3 = self.plan.strategy == "deepspeed" and int(setting(self.cfg, "hardware.zero_stage") or 0) == 3
+        return self.plan.world_size > 1 and (self.plan.strategy == "fsdp" or zero3)
 
     def _record(self, trainer, step: int, results: dict, seconds: float, sharded: bool) -> dict[str, float]:
         metrics = flatten_results(results)

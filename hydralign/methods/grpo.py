@@ -245,7 +245,7 @@ class GRPOModule(PostTrainingModule):
         generation = self._generation_s if first else 0.0
         times = {"time/generation_s": generation, "time/training_s": spent - generation}
         if self._client is not None:  # sampling ran elsewhere: the learner's own time is all but the waits
-            waiting = self._waiting_s if first else 0.0
+            waiting = (self._waiting_s if first else 0.0) + self._client.waited_s  # for a rollout or a receiver
             times.update({"time/waiting_s": waiting, "time/weight_sync_s": self._sync_s,
                           "time/training_s": spent - waiting - self._sync_s})
         if (self.global_step % self.trainer.log_every_n_steps) == 0:

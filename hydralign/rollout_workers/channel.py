@@ -18,6 +18,7 @@ import datetime
 import hashlib
 import os
 import pickle
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Optional
 
@@ -51,10 +52,14 @@ class Channel:
                  generator_rank: Optional[int]):
         self.store, self.weights, self.learners, self.generators = store, weights, learners, generators
         self.learner_rank, self.generator_rank = learner_rank, generator_rank
+        self.header_wait_s = 0.0  # the last send_weights: learner 0 waiting for the generators to be ready
 
     @classmethod
-    def open(cls, learner_rank: Optional[int] = None, timeout_s: float = 1800.0) -> Channel:
-        """Join as learner ``learner_rank``, or (None) as the generator named by ``HYDRALIGN_GENERATOR_RANK``."""
+    def open(cls, learner_rank: Optional[int] = None, timeout_s: float = 1800.0,
+             connect_timeout_s: Optional[float] = None) -> Channel:
+        """Join as learner ``learner_rank``, or (None) as the generator named by ``HYDRALIGN_GENERATOR_RANK``.
+        ``connect_timeout_s``: how long to wait for the others to join (a generator starts at once, learner 0
+        opens the store only once its data, model and sharding are ready); then ``timeout_s`` for every wait."""
         if PORT_ENV not in os.environ:
             raise RuntimeError(f"{PORT_ENV} is not set: generator processes are started by hydralign's own launcher "
                                "(python -m hydralign ..., one node), not by torchrun or srun")
@@ -62,11 +67,13 @@ class Channel:
         g = None if learner_rank is not None else int(os.environ[RANK_ENV])
         timeout = datetime.timedelta(seconds=timeout_s)
         host, port = os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ[PORT_ENV])
-        store = dist.TCPStore(host, port, learners + gens, learner_rank == 0, timeout=timeout)
+        store = dist.TCPStore(host, port, learners + gens, learner_rank == 0,
+                              timeout=datetime.timedelta(seconds=connect_timeout_s or timeout_s))
         weights = None
         if learner_rank == 0 or g is not None:
             weights = dist.ProcessGroupGloo(dist.PrefixStore("weights", store), 0 if g is None else 1 + g, 1 + gens,
                                             timeout)
+        store.set_timeout(timeout)
         return cls(store, weights, learners, gens, learner_rank, g)
 
     # --- small objects through the store ---------------------------------------------------------------------
@@ -86,8 +93,11 @@ class Channel:
         broadcasts the header and each tensor to the generators. Returns the checksum every generator confirmed
         (``HYDRALIGN_VERIFY_SYNC=1``, learner 0), else None."""
         sent: list[torch.Tensor] = []
-        if self.learner_rank == 0:
+        self.header_wait_s = 0.0
+        if self.learner_rank == 0:  # returns once every generator is ready to receive (done with its batch)
+            started = time.perf_counter()
             _broadcast(self.weights, torch.tensor([version], dtype=torch.int64))
+            self.header_wait_s = time.perf_counter() - started
         for _, tensor in named:
             full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
             if self.learner_rank == 0:

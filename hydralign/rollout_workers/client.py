@@ -19,6 +19,7 @@ from hydralign.rollout_workers.schedule import SyncSchedule
 class RolloutClient:
     def __init__(self, channel: Channel, schedule: SyncSchedule, rank: int, log: Optional[Path]):
         self.channel, self.schedule, self.rank, self.log = channel, schedule, rank, log
+        self.waited_s = 0.0  # the last sync: learner 0 idle until the generators could receive
 
     @classmethod
     def start(cls, model: torch.nn.Module, plan: Any, rank: int, start_version: int, prompts: list[list[int]],
@@ -45,12 +46,16 @@ class RolloutClient:
         return client
 
     def sync(self, model: torch.nn.Module, version: int) -> float:
-        """Broadcast the weights if the schedule says so at ``version``; the seconds it took (0 if not)."""
+        """Broadcast the weights if the schedule says so at ``version``; the seconds the transfer took (0 if not).
+        The time learner 0 first waited for the generators to finish sampling is ``waited_s``, not counted here
+        (other learners' waits, inside their gathers under FSDP2, are)."""
+        self.waited_s = 0.0
         if not self.schedule.learners_send(version):
             return 0.0
         started = time.perf_counter()
         confirmed = self.channel.send_weights(iter(model.state_dict().items()), version)
-        seconds = time.perf_counter() - started
+        self.waited_s = self.channel.header_wait_s
+        seconds = time.perf_counter() - started - self.waited_s
         if confirmed is not None and self.log is not None:
             with open(self.log, "a") as fh:
                 fh.write(json.dumps({"version": version, "sha256": confirmed,

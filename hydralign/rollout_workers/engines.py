@@ -12,7 +12,9 @@ log-probs of the completion tokens as the engine computed them (the importance-s
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -82,6 +84,7 @@ class VLLMEngine:
         from vllm import LLM  # runs the loader callable here, nothing pickled
 
         self._dir = tempfile.mkdtemp(prefix="hydralign-vllm-")
+        atexit.register(shutil.rmtree, self._dir, ignore_errors=True)  # a whole copy of the model: not left behind
         model.save_pretrained(self._dir)  # the architecture (and initial weights; the learners' come next)
         self.names = [n for n, _, _ in layout]
         self._buffers = [torch.empty(tuple(s), dtype=d) for _, d, s in layout]

@@ -45,7 +45,9 @@ def serve(cfg: Any) -> None:
 
     g, gens, learners = int(os.environ[RANK_ENV]), int(os.environ[GENERATORS_ENV]), int(os.environ[LEARNERS_ENV])
     timeout = float(cfg.hardware.get("dist_timeout_min") or 30) * 60
-    channel = Channel.open(None, timeout_s=timeout)
+    # the learners may take hours to start (a large mixture's cache, loading, sharding): the launcher ends this
+    # process if they fail, so waiting for them to open the store is bounded by their own start-up
+    channel = Channel.open(None, timeout_s=timeout, connect_timeout_s=7 * 24 * 3600.0)
     hello = channel.take("hello", keep=True)
     plan = hello["plan"]
     r = plan.rollout
