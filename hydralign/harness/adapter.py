@@ -24,6 +24,7 @@ from unittest import mock
 
 from hydralign.config.read import setting
 from hydralign.errors import ConfigError
+from hydralign.plan.harness import harness_batch
 
 _ENVIRONMENT: dict[str, Any] = {}  # lm-eval's environment report, made by the first evaluation of this process
 PACKAGE_TASKS = Path(__file__).resolve().parent / "tasks"  # hydralign_arithmetic.yaml: always on the include path
@@ -47,12 +48,11 @@ class HarnessSettings:
 
         gen_kwargs = get("gen_kwargs")
         limit = get("limit")
-        batch = get("batch_size")
         return cls(tasks=tuple(str(t) for t in get("tasks") or ()),
                    include_path=tuple(str(p) for p in get("include_path") or ()),
                    num_fewshot=get("num_fewshot"),
                    limit=None if limit is None else (int(limit) if float(limit) >= 1 else float(limit)),
-                   batch_size=int(batch if batch is not None else setting(cfg, "eval.batch_size")),
+                   batch_size=harness_batch(cfg),
                    apply_chat_template=get("apply_chat_template"),
                    gen_kwargs=dict(gen_kwargs) if gen_kwargs else None, every=str(get("every")))
 

@@ -12,6 +12,12 @@ from hydralign.errors import ConfigError
 EVERY = ("none", "end", "checkpoint", "validation")
 
 
+def harness_batch(cfg: Any) -> int:
+    """lm-eval's rows per forward: ``eval.harness.batch_size``, or (null) the validation's ``eval.batch_size``."""
+    batch = setting(cfg, "eval.harness.batch_size")
+    return int(batch if batch is not None else setting(cfg, "eval.batch_size"))
+
+
 def check_harness(cfg: Any) -> str:
     """``eval.harness.every`` once checked (none | end | checkpoint | validation); refuses a value lm-eval or the
     cadence could not use, with the override that fixes it."""

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from hydralign.config.read import setting
+from hydralign.plan.harness import harness_batch
 
 GIB = float(2**30)
 CHAR_VOCAB_BASE = 4 + 97  # the char tokenizer: <pad> <unk> <s> </s>, printable ASCII, newline, tab (+ markers)
@@ -206,8 +207,7 @@ def memory_inputs(cfg: Any, micro: int, sequences_per_example: int, held: tuple[
         eager_attention=setting(cfg, "model.attn_implementation") == "eager",
         loss_chunk=setting(cfg, "model.loss_chunk_size"), chunked_loss=chunked_loss, held=tuple(held),
         device_gib=setting(cfg, "hardware.device_memory_gb"),
-        eval_batch=None if setting(cfg, "eval.harness.every") == "none" else int(
-            setting(cfg, "eval.harness.batch_size") or setting(cfg, "eval.batch_size")),
+        eval_batch=None if setting(cfg, "eval.harness.every") == "none" else harness_batch(cfg),
     )
 
 
