@@ -12,6 +12,9 @@ one run on a borrowed GPU gives every answer it can.
     deepspeed_zero   DeepSpeed ZeRO-2 and ZeRO-3 on one GPU for 12 steps: the loss curve of plain bf16 DDP (5e-2)
     grpo_vllm        GRPO's vLLM generator engine: weights loaded through collective_rpc, 4 prompts x 8 sampled, its
                      log-probs vs the same weights' HF forward; with >= 2 GPUs the 1 learner + 1 vLLM generator job
+                     (weights over NCCL, every broadcast's checksum verified)
+    grpo_vllm_colocated  GRPO with vLLM inside the learner (generation=vllm, hardware.generator_devices=0, sleep mode):
+                     the real 6-step job on one GPU, its last time/weight_sync_s, time/generation_s, is/ratio_mean
 
     python -m benchmarks.gpu_check --device cuda --out gpu_check.md   # what gpu_check.sh runs
     python -m benchmarks.gpu_check --device cpu --out /tmp/smoke.md   # the script's own smoke test, tiny, on CPU
@@ -222,11 +225,11 @@ def deepspeed_zero(device: str, tmp: Path) -> str:
 
 
 def grpo_vllm(device: str, tmp: Path) -> str:
-    """GRPO's vLLM generator engine (hydralign/rollout_workers/engines.py) on this GPU: built from the tiny policy,
-    given new weights through collective_rpc (the learners' broadcast lands in its buffers), it samples 4 prompts x 8;
-    its log-probs of the sampled tokens are compared with the same weights' HF forward (the importance ratio the
-    correction would see: ~1 up to bf16 numerics). With >= 2 GPUs also the real job: 1 learner + 1 vLLM generator,
-    max_staleness 1, 6 steps."""
+    """GRPO's vLLM generator engine (hydralign/rollout_workers/engines.py) on this GPU: built from the tiny policy's
+    config (random weights), given the policy's weights through collective_rpc (the learners' broadcast lands in its
+    CUDA buffers), it samples 4 prompts x 8; its log-probs of the sampled tokens are compared with the same weights'
+    HF forward (the importance ratio the correction would see: ~1 up to bf16 numerics). With >= 2 GPUs also the real
+    job: 1 learner + 1 vLLM generator, max_staleness 1, 6 steps, weights over NCCL with HYDRALIGN_VERIFY_SYNC=1."""
     need("vllm")
     import torch
 
@@ -240,10 +243,10 @@ def grpo_vllm(device: str, tmp: Path) -> str:
     cfg = compose_cfg(["method=grpo", "generation=vllm", "generation.vllm_gpu_memory_utilization=0.3"])
     tokenizer, template = tokenizer_and_template(cfg.model)
     stops = tokenizer.convert_tokens_to_ids(template.stop_tokens(tokenizer.eos_token))
-    policy = build_model(cfg.model, tokenizer, 1, cfg.peft)  # the "learner": other weights than the engine's seed 0
+    policy = build_model(cfg.model, tokenizer, 1, cfg.peft)  # the "learner" (the engine starts with dummy weights)
     layout = [(n, t.dtype, tuple(t.shape)) for n, t in policy.state_dict().items()]
-    engine = VLLMEngine(build_model(cfg.model, tokenizer, 0, cfg.peft), tokenizer, cfg.generation,
-                        tokenizer.pad_token_id, stops, 1.0, 8, 32, 0, layout)
+    engine = VLLMEngine(policy.config, cfg.generation, tokenizer.pad_token_id, stops, 1.0, 8, 32, 0, layout,
+                        torch.device("cuda", 0))
     for buf, t in zip(engine.buffers(), policy.state_dict().values()):
         buf.copy_(t)
     started = time.perf_counter()
@@ -262,6 +265,7 @@ def grpo_vllm(device: str, tmp: Path) -> str:
     line = (f"engine: weights loaded in {loaded_s:.2f} s, {int(mask.sum())} sampled tokens, mean |logp vLLM - HF| "
             f"{diff:.3e}, mean ratio {ratio:.4f} ({'close' if abs(float(ratio) - 1) < 0.05 else 'FAR'})")
     if torch.cuda.device_count() >= 2:
+        import os
         import subprocess
         import sys
 
@@ -270,14 +274,44 @@ def grpo_vllm(device: str, tmp: Path) -> str:
         job = subprocess.run([sys.executable, "-m", "hydralign", "method=grpo", "hardware=1xA100",
                               "hardware.devices_per_node=2", "hardware.generator_devices=1", "hardware.gpu=null",
                               "generation=vllm", "method.max_staleness=1", *quiet(6), f"hydra.run.dir={tmp / 'job'}"],
-                             capture_output=True, text=True, timeout=400)
-        line += f"; job 1 learner + 1 vLLM generator: {'ok' if job.returncode == 0 else job.stderr[-300:]}"
+                             capture_output=True, text=True, timeout=400, env={**os.environ, "HYDRALIGN_VERIFY_SYNC": "1"})
+        line += (f"; job 1 learner + 1 vLLM generator (NCCL, checksums verified): "
+                 f"{'ok' if job.returncode == 0 else job.stderr[-300:]}")
     return line
+
+
+def grpo_vllm_colocated(device: str, tmp: Path) -> str:
+    """GRPO with vLLM inside the learner (hydralign/rollout_workers/colocated.py; TRL's colocate mode): the real job,
+    `python -m hydralign method=grpo hardware=1xA100 generation=vllm` for 6 steps on this GPU, the engine asleep while
+    the learner trains; its last logged time/weight_sync_s, time/generation_s and is/ratio_mean (vLLM's numerics
+    against the learner's: ~1)."""
+    need("vllm")
+    import json
+    import subprocess
+    import sys
+
+    import torch
+
+    if device != "cuda" or not torch.cuda.is_available():
+        raise Skipped("vLLM needs a CUDA GPU")
+    run_dir = tmp / "run"
+    job = subprocess.run([sys.executable, "-m", "hydralign", "method=grpo", "hardware=1xA100", "hardware.gpu=null",
+                          "generation=vllm", "generation.vllm_gpu_memory_utilization=0.3", *quiet(6),
+                          f"run_dir={run_dir}", f"hydra.run.dir={tmp / 'job'}"],
+                         capture_output=True, text=True, timeout=400)
+    if job.returncode:
+        raise RuntimeError(f"the colocated job failed: {job.stderr[-400:]}")
+    found = run_dir / "metrics.json"
+    metrics = json.loads(found.read_text()) if found.is_file() else {}
+    shown = ", ".join(f"{k} {float(metrics[k]):.4g}" for k in ("time/weight_sync_s", "time/generation_s",
+                                                                "is/ratio_mean", "rewards/mean") if k in metrics)
+    return f"6 steps, 1 learner sampling with its own vLLM engine (sleep mode): ok; last {shown or 'metrics: none'}"
 
 
 CHECKS: dict[str, Callable[[str, Path], str]] = {
     "fsdp_sft_1b": fsdp_sft_1b, "packed_varlen": packed_varlen, "qlora_dpo": qlora_dpo,
-    "chunked_loss": chunked_loss, "deepspeed_zero": deepspeed_zero, "grpo_vllm": grpo_vllm}
+    "chunked_loss": chunked_loss, "deepspeed_zero": deepspeed_zero, "grpo_vllm": grpo_vllm,
+    "grpo_vllm_colocated": grpo_vllm_colocated}
 
 
 def environment(device: str) -> str:

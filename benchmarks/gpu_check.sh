@@ -7,7 +7,8 @@
 # It installs the carried packages into /tmp/site (nothing leaves the machine), runs benchmarks/gpu_check.py (FSDP2
 # bf16 SFT of a ~1.1B Llama: tokens/s and MFU; packed rows on flash-attention's varlen kernel vs padded; QLoRA DPO
 # for 20 steps; the chunked loss (Liger's kernel where installed) vs the plain one; DeepSpeed ZeRO-2/3 on one GPU;
-# GRPO's vLLM generator engine where vllm is installed on the machine: its wheel exceeds what a run can carry),
+# GRPO's vLLM generator engine and GRPO with vLLM colocated in the learner, where vllm is installed on the machine:
+# its wheel exceeds what a run can carry),
 # and writes the table to $OUT/gpu_check.md (the device tool brings it back) and appends it to
 # benchmarks/RESULTS.md there. Each check that cannot run says why (SKIPPED: the missing package; FAILED: the
 # error). `bash benchmarks/gpu_check.sh --device cpu` is its smoke test here: tiny sizes on CPU.

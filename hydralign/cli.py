@@ -55,7 +55,7 @@ def task(cfg: DictConfig) -> Optional[float]:
         _refuse_slurm_single_run()
         join_slurm_step()  # a task of a SLURM job (submitit, srun): this process is one rank of it
         check_machine(cfg.hardware)
-        check_generation_backend(cfg)  # generation.backend=vllm: the package the generator processes import
+        check_generation_backend(cfg, plan)  # generation.backend=vllm: the package its engines import
         from hydralign.run.console import configure_console
         from hydralign.run.job import objective, run
 

@@ -283,11 +283,13 @@ class CheckpointConfig:
 
 @dataclass
 class GenerationConfig:
-    """How online RL samples its rollouts (the generator processes, hardware.generator_devices >= 1)."""
+    """How online RL samples its rollouts: in generator processes (hardware.generator_devices >= 1) or in the learners
+    (0; with vllm each learner's own colocated engine)."""
 
     backend: str = "hf"  # hf: Hugging Face generate (CPU and GPU) | vllm: vLLM's engine (CUDA, `pip install vllm`)
-    vllm_gpu_memory_utilization: float = 0.5  # vllm: the share of the generator GPU its engine may take
+    vllm_gpu_memory_utilization: float = 0.5  # vllm: the share of the GPU (generator's, or learner's) its engine takes
     vllm_dtype: str = "auto"  # vllm: the engine's weight dtype (auto: the model config's)
+    vllm_sleep: bool = True  # vllm in the learners: the engine sleeps while they train (its memory back to training)
 
 
 @dataclass

@@ -75,9 +75,10 @@ def check_machine(hw: Any) -> None:
             "add dry_run=true to print the plan only.")
 
 
-def check_generation_backend(cfg: Any) -> None:
+def check_generation_backend(cfg: Any, plan: Any = None) -> None:
     """Generator processes (the plan has checked the config): started by hydralign's launcher only, and with
-    generation.backend=vllm the vllm package must import here, where they will run; checked beside the device count,
+    generation.backend=vllm the vllm package must import here, where they will run, or where the learners run their
+    own engines (``plan``: a method that samples with hardware.generator_devices=0); checked beside the device count,
     after dry_run has printed the plan."""
     import importlib.util
 
@@ -86,9 +87,10 @@ def check_generation_backend(cfg: Any) -> None:
         raise ConfigError(f"hardware.generator_devices={gens}: hydralign starts the learners and the generator processes "
                           "itself, on one node: run `python -m hydralign ...` (not under torchrun or srun), or set "
                           "hardware.generator_devices=0")
-    if gens < 1 or cfg.get("generation", {}).get("backend") != "vllm":
+    colocated = getattr(plan, "rollout", None) is not None and not gens
+    if not (gens or colocated) or cfg.get("generation", {}).get("backend") != "vllm":
         return
     if importlib.util.find_spec("vllm") is None:
-        raise ConfigError("generation.backend=vllm: the vllm package cannot be imported on this machine; the generator "
-                          "processes need it (`pip install vllm`, a version built for this torch and CUDA), or use "
-                          "generation.backend=hf")
+        who = "the generator processes need it" if gens else "each learner builds its own engine with it"
+        raise ConfigError(f"generation.backend=vllm: the vllm package cannot be imported on this machine; {who} "
+                          "(`pip install vllm`, a version built for this torch and CUDA), or use generation.backend=hf")

@@ -1,5 +1,6 @@
 """GRPO with verifiable rewards on the shared base: the first micro-batch of each rollout batch samples
-this rank's prompts ``num_generations`` times with the policy (Hugging Face ``generate``, KV cache),
+this rank's prompts ``num_generations`` times with the policy (Hugging Face ``generate``, KV cache; or this
+learner's own vLLM engine, ``rollout_workers.colocated``; or a generator process samples them),
 scores them (``hydralign.rewards``), normalizes advantages per prompt group and keeps the rollout; every
 micro-batch then trains on its slice (``hydralign.data.rollouts``). The loss is a sum over the step's
 units (``hydralign.losses.grpo``: sequences, completion tokens, or sequences x max length), divided once
@@ -39,7 +40,8 @@ class Rollout:
     loss_mask: torch.Tensor  # [N, T] completion tokens that carry loss (truncated rows cleared if asked)
     advantages: torch.Tensor  # [N]
     old_logps: Optional[torch.Tensor]  # [N, T] at sampling time (when the policy moves within the rollout)
-    sampler_logps: Optional[torch.Tensor]  # [N, T] as a generator process computed them (importance sampling)
+    sampler_logps: Optional[torch.Tensor]  # [N, T] as another engine computed them: a generator process, or this
+    # learner's vLLM (importance sampling)
     ref_logps: Optional[torch.Tensor]  # [N, T] (beta > 0)
     sample_metrics: dict[str, tuple[torch.Tensor, int]]  # name -> ([N] per-sample values, mini_units column
     # of the count it is a mean over: 1 samples; 3 + i the samples routed to verifier i)
@@ -53,8 +55,9 @@ class GRPOModule(PostTrainingModule):
         self._frozen = {"reference": reference} if reference is not None else {}
         self._rollout: Optional[Rollout] = None
         self._step_started: Optional[float] = None
-        self._generation_s = self._waiting_s = self._sync_s = 0.0
+        self._generation_s = self._waiting_s = self._sync_s = self._load_s = 0.0
         self._client: Optional[Any] = None  # hardware.generator_devices >= 1: rollout_workers.client.RolloutClient
+        self._colocated: Optional[Any] = None  # generation.backend=vllm in this learner: rollout_workers.colocated
         m, r = self.cfg.method, self.plan.rollout
         self.weights = {str(k): float(v) for k, v in dict(m.rewards).items()}
         self.by_source = {str(src): {str(k): float(v) for k, v in dict(table).items()}
@@ -108,8 +111,15 @@ class GRPOModule(PostTrainingModule):
                              synced=self.plan.strategy in ("fsdp", "deepspeed") and self.plan.world_size > 1)
 
     def _sampled(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, int, Optional[dict]]:
-        """(ids, prompt attention, prompt width, the generator's extras or None): sampled here, or taken from the
-        generator process that sampled this learner's prompts (its ids checked against this rank's prompts)."""
+        """(ids, prompt attention, prompt width, the sampler's extras or None): sampled here (HF generate, or this
+        learner's own vLLM engine, loaded with the policy first), or taken from the generator process that sampled
+        this learner's prompts (its ids checked against this rank's prompts)."""
+        if self._colocated is not None:  # every learner at once: under FSDP2 the load gathers the policy
+            got = self._colocated.sample(self.model, self.global_step, batch["prompt_ids"],
+                                         self.plan.rollout.generations_per_prompt,
+                                         rollout_seed(self.plan.seed, batch["rollout"], self.global_rank))
+            self._load_s = float(got["weight_sync_s"])
+            return got["out"].to(self.device), got["prompt_mask"].to(self.device), int(got["width"]), got
         if self._client is None:
             return (*self._sample(batch["prompt_ids"], batch["rollout"]), None)
         got, self._waiting_s = self._client.take(batch["rollout"])
@@ -185,7 +195,7 @@ class GRPOModule(PostTrainingModule):
         })
         self._generation_s = generated - started
         sampler_logps = None
-        if remote is not None:  # sampled elsewhere: what it took there, and how old its weights were
+        if remote is not None:  # another engine sampled: what it took there, and how old its weights were
             self._generation_s = float(remote["generation_s"])
             sampler_logps = remote["sampler_logps"].to(self.device)
             metrics["rollout/staleness"] = (torch.full((n,), float(remote["staleness"]), device=self.device), 1)
@@ -208,8 +218,19 @@ class GRPOModule(PostTrainingModule):
 
     def on_train_start(self) -> None:
         """hardware.generator_devices >= 1: meet the generator processes (after any resume: the policy version is
-        the optimizer steps restored) and give them the starting weights."""
-        if not self.plan.rollout.generator_devices:
+        the optimizer steps restored) and give them the starting weights. generation.backend=vllm without them:
+        every learner builds its own engine (rollout_workers.colocated), seeded seed + rank."""
+        r = self.plan.rollout
+        if not r.generator_devices and r.backend == "vllm":
+            from hydralign.rollout_workers.colocated import ColocatedVLLM
+
+            longest = max(len(e.prompt_ids) for e in self.trainer.datamodule.train_examples)
+            sampling = (self.tokenizer.pad_token_id, list(self.stop_token_ids), float(self.cfg.method.temperature),
+                        r.max_completion_length)
+            self._colocated = ColocatedVLLM.start(self.model, self.cfg.generation, self.global_rank, self.local_rank,
+                                                  self.trainer.world_size, self.plan.seed + self.global_rank,
+                                                  longest + r.max_completion_length, self.device, sampling)
+        if not r.generator_devices:
             return
         from hydralign.rollout_workers.client import RolloutClient
 
@@ -218,7 +239,7 @@ class GRPOModule(PostTrainingModule):
         prompts = [e.prompt_ids for e in self.trainer.datamodule.train_examples]
         timeout = float(self.cfg.hardware.get("dist_timeout_min") or 30) * 60
         self._client = RolloutClient.start(self.model, self.plan, self.global_rank, self.global_step, prompts,
-                                           self.stop_token_ids, log, timeout)
+                                           self.stop_token_ids, log, timeout, self.device)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The policy version (optimizer steps applied) the weights are: a resumed run with generator processes
@@ -248,6 +269,9 @@ class GRPOModule(PostTrainingModule):
             waiting = (self._waiting_s if first else 0.0) + self._client.waited_s  # for a rollout or a receiver
             times.update({"time/waiting_s": waiting, "time/weight_sync_s": self._sync_s,
                           "time/training_s": spent - waiting - self._sync_s})
+        elif self._colocated is not None:  # this learner's engine took the policy before sampling
+            load = self._load_s if first else 0.0
+            times.update({"time/weight_sync_s": load, "time/training_s": spent - generation - load})
         if (self.global_step % self.trainer.log_every_n_steps) == 0:
             self.log_dict(times, on_step=True, on_epoch=False)
 

@@ -82,9 +82,7 @@ def check_generators(cfg: Any, world: int, steps_per_rollout: int, schema: type)
                               "hardware.generator_devices=1 (one device samples while the others train) or "
                               "method.max_staleness=0")
         if backend == "vllm":
-            raise ConfigError("generation.backend=vllm runs in generator processes; sampling with vLLM inside the "
-                              "learners (TRL's colocate mode) is not built: set hardware.generator_devices=1, or "
-                              "generation.backend=hf")
+            _check_colocated(cfg)
         return 0, 0, sync, backend
     _check_generator_setup(cfg, gens, world, backend)
     if steps_per_rollout % sync:
@@ -95,6 +93,28 @@ def check_generators(cfg: Any, world: int, steps_per_rollout: int, schema: type)
     return gens, stale, sync, backend
 
 
+def _check_colocated(cfg: Any) -> None:
+    """generation.backend=vllm with hardware.generator_devices=0: each learner's own engine on its own GPU (TRL's
+    colocate mode), refused where it cannot run."""
+    if setting(cfg, "hardware.accelerator") != "gpu":
+        raise ConfigError("generation.backend=vllm with hardware.generator_devices=0 builds a vLLM engine in each "
+                          "learner, on its CUDA GPU (vLLM has no CPU engine here): use a GPU hardware preset "
+                          "(hardware=1xA100 ...), or generation.backend=hf")
+    _refuse_partial_weights(cfg, "generation.backend=vllm in the learners", "their engines", "loading them",
+                            "generation.backend=hf")
+
+
+def _refuse_partial_weights(cfg: Any, who: str, takers: str, purpose: str, fix: str) -> None:
+    """An engine apart from the learners' own model (generator processes, the learners' vLLM engines) takes whole
+    weights: gathering them from ZeRO's partitions, or merging PEFT adapters into them, is not built."""
+    if setting(cfg, "hardware.strategy") == "deepspeed":
+        raise ConfigError(f"{who} with hardware.strategy=deepspeed: gathering ZeRO's partitions for {purpose} is not "
+                          f"built; use hardware.strategy=fsdp or ddp, or {fix}")
+    if setting(cfg, "peft.name") != "none":
+        raise ConfigError(f"{who} with peft={setting(cfg, 'peft.name')}: {takers} take whole weights, and merging "
+                          f"adapters for {purpose} is not built; use peft=none, or {fix}")
+
+
 def _check_generator_setup(cfg: Any, gens: int, world: int, backend: str) -> None:
     if gens > world:
         raise ConfigError(f"hardware.generator_devices={gens} exceeds the {world} learners: each generator samples "
@@ -102,14 +122,8 @@ def _check_generator_setup(cfg: Any, gens: int, world: int, backend: str) -> Non
     if int(setting(cfg, "hardware.nodes")) > 1:
         raise ConfigError("hardware.generator_devices > 0 runs on one node (hydralign starts the generator processes "
                           "beside its learners): set hardware.nodes=1, or hardware.generator_devices=0")
-    if setting(cfg, "hardware.strategy") == "deepspeed":
-        raise ConfigError("hardware.generator_devices > 0 with hardware.strategy=deepspeed: gathering ZeRO's "
-                          "partitions for the weight broadcast is not built; use hardware.strategy=fsdp or ddp, or "
-                          "hardware.generator_devices=0")
-    if setting(cfg, "peft.name") != "none":
-        raise ConfigError(f"hardware.generator_devices > 0 with peft={setting(cfg, 'peft.name')}: the generators "
-                          "take whole weights, and merging adapters for the broadcast is not built; use peft=none, or "
-                          "hardware.generator_devices=0")
+    _refuse_partial_weights(cfg, "hardware.generator_devices > 0", "the generators", "the weight broadcast",
+                            "hardware.generator_devices=0")
     if backend == "vllm":
         if setting(cfg, "hardware.accelerator") != "gpu":
             raise ConfigError("generation.backend=vllm needs a CUDA GPU for each generator process (vLLM has no CPU "
@@ -195,8 +209,11 @@ def format_rollout(r: Optional[RolloutPlan]) -> list[tuple[str, Any]]:
                 if r.total_episodes is not None else f"{r.total_rollouts} rollout batches x {r.samples_per_rollout}"
                 " (from trainer.max_steps)")
     learners = r.mini_batch_samples // r.mini_batch_samples_per_device
+    own = ("with its own colocated vLLM engine on its GPU (generation.vllm_gpu_memory_utilization of it; the "
+           "policy loaded into it before each rollout batch; importance sampling corrects vLLM's numerics)"
+           if r.backend == "vllm" else "(HF generate, KV cache)")
     split = (f"{learners} learner devices (world_size) + 0 generator devices: each learner samples its own prompts "
-             "(HF generate, KV cache)") if not r.generator_devices else (
+             f"{own}") if not r.generator_devices else (
         f"{learners} learner devices (world_size) + {r.generator_devices} generator devices ({r.backend}): the "
         f"generators sample rollout batches up to {r.max_staleness} ahead of training (method.max_staleness), "
         f"weights broadcast every {r.weight_sync_steps} optimizer steps; importance sampling corrects the rest")

@@ -1,15 +1,18 @@
 """How the learners and the generator processes meet. hydralign's launcher starts both and gives them one rendezvous
 port (``HYDRALIGN_ROLLOUT_PORT``); learner 0 hosts a TCP store there.
 
-- Weights travel over a gloo process group of learner 0 and the generators (learner 0 is its rank 0, generator g its
-  rank 1 + g), separate from the learners' own group, so Lightning's collectives never include a generator. Under
-  FSDP2 every learner gathers one tensor at a time (``DTensor.full_tensor``) and learner 0 broadcasts it, so no
-  learner holds the whole model beside its shard.
+- Weights travel over a process group of learner 0 and the generators (learner 0 is its rank 0, generator g its
+  rank 1 + g), separate from the learners' own group, so Lightning's collectives never include a generator: gloo
+  through CPU memory on CPU hardware, NCCL between the GPUs on GPU hardware (``weights_backend``: learner 0 and
+  every generator each have a CUDA device there, both sides derive it from the device they run on). Under FSDP2
+  every learner gathers one tensor at a time (``DTensor.full_tensor``) and learner 0 broadcasts it, so no learner
+  holds the whole model beside its shard; over NCCL each tensor is waited for on the host (a CUDA wait would only
+  order the streams), which keeps one gathered tensor alive at a time and the timings honest.
 - Rollouts and the start message are small pickled objects in the store (``post`` / ``take``): posting never waits
   for the reader, so a generator can run ``max_staleness`` batches ahead of the learner that will train on them.
 
-With ``HYDRALIGN_VERIFY_SYNC=1`` each generator posts a checksum (SHA-256 of the bytes) of the weights it received,
-and learner 0 compares it with its own after every broadcast, failing the job on a difference.
+With ``HYDRALIGN_VERIFY_SYNC=1`` each generator posts a checksum (SHA-256 of the bytes of a CPU copy) of the weights
+it received, and learner 0 compares it with its own after every broadcast, failing the job on a difference.
 """
 
 from __future__ import annotations
@@ -30,10 +33,14 @@ PORT_ENV, GENERATORS_ENV, RANK_ENV, LEARNERS_ENV = ("HYDRALIGN_ROLLOUT_PORT", "H
 VERIFY_ENV = "HYDRALIGN_VERIFY_SYNC"
 
 
+def _digest(h: Any, t: torch.Tensor) -> None:
+    h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+
+
 def checksum(tensors: Iterable[torch.Tensor]) -> str:
     h = hashlib.sha256()
     for t in tensors:
-        h.update(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        _digest(h, t)
     return h.hexdigest()
 
 
@@ -41,25 +48,44 @@ def verify_sync() -> bool:
     return os.environ.get(VERIFY_ENV, "") == "1"
 
 
+def weights_backend(device: torch.device) -> str:
+    """The weights group's backend for a process on ``device``: NCCL between CUDA devices, else gloo."""
+    return "nccl" if torch.device(device).type == "cuda" else "gloo"
+
+
+def _weights_group(store: Any, rank: int, size: int, timeout: datetime.timedelta, backend: str) -> Any:
+    prefixed = dist.PrefixStore("weights", store)
+    if backend == "nccl":  # (store, rank, size, timeout): torch/csrc/distributed/c10d/init.cpp; communicators are
+        return dist.ProcessGroupNCCL(prefixed, rank, size, timeout)  # made at the first broadcast, on its device
+    return dist.ProcessGroupGloo(prefixed, rank, size, timeout)
+
+
 def _broadcast(pg: Any, tensor: torch.Tensor) -> None:
+    """Broadcast from rank 0 and wait for it on the host: NCCL's ``wait`` only makes this stream wait, so a CUDA
+    tensor is synchronized too (its sender may then free it; its receiver reads it)."""
     opts = dist.BroadcastOptions()
     opts.rootRank, opts.rootTensor = 0, 0
     pg.broadcast([tensor], opts).wait()
+    if tensor.is_cuda:
+        torch.cuda.current_stream(tensor.device).synchronize()
 
 
 class Channel:
     def __init__(self, store: Any, weights: Optional[Any], learners: int, generators: int, learner_rank: Optional[int],
-                 generator_rank: Optional[int]):
+                 generator_rank: Optional[int], device: torch.device = torch.device("cpu")):
         self.store, self.weights, self.learners, self.generators = store, weights, learners, generators
         self.learner_rank, self.generator_rank = learner_rank, generator_rank
+        self.device = torch.device(device)  # where the broadcast tensors live: CPU (gloo) or this process's GPU (NCCL)
         self.header_wait_s = 0.0  # the last send_weights: learner 0 waiting for the generators to be ready
 
     @classmethod
     def open(cls, learner_rank: Optional[int] = None, timeout_s: float = 1800.0,
-             connect_timeout_s: Optional[float] = None) -> Channel:
+             connect_timeout_s: Optional[float] = None, device: torch.device = torch.device("cpu")) -> Channel:
         """Join as learner ``learner_rank``, or (None) as the generator named by ``HYDRALIGN_GENERATOR_RANK``.
         ``connect_timeout_s``: how long to wait for the others to join (a generator starts at once, learner 0
-        opens the store only once its data, model and sharding are ready); then ``timeout_s`` for every wait."""
+        opens the store only once its data, model and sharding are ready); then ``timeout_s`` for every wait.
+        ``device``: this process's device (learner 0 and every generator: all CUDA on GPU hardware, else CPU), which
+        picks the weights group's backend (``weights_backend``)."""
         if PORT_ENV not in os.environ:
             raise RuntimeError(f"{PORT_ENV} is not set: generator processes are started by hydralign's own launcher "
                                "(python -m hydralign ..., one node), not by torchrun or srun")
@@ -70,11 +96,11 @@ class Channel:
         store = dist.TCPStore(host, port, learners + gens, learner_rank == 0,
                               timeout=datetime.timedelta(seconds=connect_timeout_s or timeout_s))
         weights = None
+        backend = weights_backend(device)
         if learner_rank == 0 or g is not None:
-            weights = dist.ProcessGroupGloo(dist.PrefixStore("weights", store), 0 if g is None else 1 + g, 1 + gens,
-                                            timeout)
+            weights = _weights_group(store, 0 if g is None else 1 + g, 1 + gens, timeout, backend)
         store.set_timeout(timeout)
-        return cls(store, weights, learners, gens, learner_rank, g)
+        return cls(store, weights, learners, gens, learner_rank, g, device if backend == "nccl" else "cpu")
 
     # --- small objects through the store ---------------------------------------------------------------------
     def post(self, key: str, obj: Any) -> None:
@@ -92,21 +118,22 @@ class Channel:
         """Every learner calls this with the same version (FSDP2: each tensor is gathered by all); learner 0
         broadcasts the header and each tensor to the generators. Returns the checksum every generator confirmed
         (``HYDRALIGN_VERIFY_SYNC=1``, learner 0), else None."""
-        sent: list[torch.Tensor] = []
+        digest = hashlib.sha256()
         self.header_wait_s = 0.0
         if self.learner_rank == 0:  # returns once every generator is ready to receive (done with its batch)
             started = time.perf_counter()
-            _broadcast(self.weights, torch.tensor([version], dtype=torch.int64))
+            _broadcast(self.weights, torch.tensor([version], dtype=torch.int64, device=self.device))
             self.header_wait_s = time.perf_counter() - started
         for _, tensor in named:
             full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
             if self.learner_rank == 0:
-                buf = full.detach().to("cpu", copy=True).contiguous()
+                buf = (full.detach().to("cpu", copy=True).contiguous() if self.device.type == "cpu"
+                       else full.detach().to(self.device).contiguous())  # NCCL: learner 0's own GPU tensor
                 _broadcast(self.weights, buf)
                 if verify_sync():
-                    sent.append(buf)
+                    _digest(digest, buf)
         if self.learner_rank == 0 and verify_sync():
-            mine = checksum(sent)
+            mine = digest.hexdigest()
             for g in range(self.generators):
                 theirs = self.take(f"checksum/{g}/{version}")
                 if theirs != mine:
@@ -116,9 +143,9 @@ class Channel:
         return None
 
     def recv_weights(self, buffers: list[torch.Tensor]) -> int:
-        """A generator: the next broadcast into ``buffers`` (CPU, contiguous, in the learners' state_dict order);
-        returns its version."""
-        header = torch.zeros(1, dtype=torch.int64)
+        """A generator: the next broadcast into ``buffers`` (contiguous, on this channel's device, in the learners'
+        state_dict order); returns its version."""
+        header = torch.zeros(1, dtype=torch.int64, device=self.device)
         _broadcast(self.weights, header)
         for buf in buffers:
             _broadcast(self.weights, buf)

@@ -23,9 +23,11 @@ class RolloutClient:
 
     @classmethod
     def start(cls, model: torch.nn.Module, plan: Any, rank: int, start_version: int, prompts: list[list[int]],
-              stop_ids: list[int], log: Optional[Path], timeout_s: float) -> RolloutClient:
+              stop_ids: list[int], log: Optional[Path], timeout_s: float,
+              device: torch.device = torch.device("cpu")) -> RolloutClient:
+        """``device``: this learner's (a GPU on GPU hardware: learner 0 then broadcasts over NCCL)."""
         r = plan.rollout
-        channel = Channel.open(learner_rank=rank, timeout_s=timeout_s)
+        channel = Channel.open(learner_rank=rank, timeout_s=timeout_s, device=device)
         schedule = SyncSchedule(r.steps_per_rollout, r.max_staleness, r.weight_sync_steps, r.total_rollouts,
                                 start_version)
         if rank == 0:

@@ -8,6 +8,9 @@ log-probs of the completion tokens as the engine computed them (the importance-s
 - ``VLLMEngine`` (generation.backend=vllm): vLLM's offline ``LLM`` in this process (CUDA only; the plan refuses it
   elsewhere); weights go in through ``collective_rpc`` into the worker's ``model.load_weights``; log-probs are
   vLLM's processed (temperature-scaled) log-probs of each sampled token.
+
+The vLLM pieces (``vllm_engine``: an engine built from the policy's config alone; ``load_vllm_weights``;
+``vllm_sample``) are shared with the learners' own colocated engine (``rollout_workers.colocated``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -23,17 +27,19 @@ import torch
 from hydralign.generation import completion_logps, left_pad, sample_groups
 
 
-def receive_buffers(model: torch.nn.Module, layout: list[tuple[str, Any, tuple]]) -> list[torch.Tensor]:
-    """CPU tensors the learners' weights are broadcast into, in their order, with their dtypes and shapes
-    (``layout``: name, dtype, shape per tensor of the learners' state_dict): the model's own tensors where they
-    match (CPU, same dtype, contiguous), else new ones. A model whose names or shapes differ is refused."""
+def receive_buffers(model: torch.nn.Module, layout: list[tuple[str, Any, tuple]],
+                    device: torch.device = torch.device("cpu")) -> list[torch.Tensor]:
+    """Tensors on ``device`` the learners' weights are broadcast into (CPU over gloo, the generator's GPU over
+    NCCL: ``channel.weights_backend``), in their order, with their dtypes and shapes (``layout``: name, dtype,
+    shape per tensor of the learners' state_dict): the model's own tensors where they match (on ``device``, same
+    dtype, contiguous), else new ones. A model whose names or shapes differ is refused."""
     mine = model.state_dict()
     names = [n for n, _, _ in layout]
     if list(mine) != names or any(tuple(mine[n].shape) != tuple(s) for n, _, s in layout):
         raise RuntimeError(f"the generator's model does not match the learners' ({len(mine)} tensors vs "
                            f"{len(names)}; first names {list(mine)[:3]} vs {names[:3]})")
-    return [mine[n] if mine[n].device.type == "cpu" and mine[n].dtype == d and mine[n].is_contiguous()
-            else torch.empty(tuple(s), dtype=d) for n, d, s in layout]
+    return [mine[n] if mine[n].device == device and mine[n].dtype == d and mine[n].is_contiguous()
+            else torch.empty(tuple(s), dtype=d, device=device) for n, d, s in layout]
 
 
 class HFEngine:
@@ -43,7 +49,7 @@ class HFEngine:
         self.pad_id, self.stop_ids, self.temperature, self.max_new, self.micro = (pad_id, stop_ids, temperature,
                                                                                   max_new_tokens, micro)
         self.tensors = list(self.model.state_dict().values())  # the learners' state_dict order
-        self._buffers = receive_buffers(self.model, layout)
+        self._buffers = receive_buffers(self.model, layout, device)
 
     def buffers(self) -> list[torch.Tensor]:
         return self._buffers
@@ -69,57 +75,79 @@ class HFEngine:
         return {"out": out.cpu(), "prompt_mask": mask.cpu(), "width": width, "sampler_logps": logps.cpu()}
 
 
-def _load_into_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> None:
-    """Runs in vLLM's worker (``LLM.collective_rpc``): the model's own loader maps Hugging Face names."""
+def vllm_engine(config: Any, gcfg: Any, seed: int, max_model_len: int, **launch: Any) -> Any:
+    """vLLM's offline ``LLM`` for the policy's architecture (``config``: its transformers config) with random
+    weights (``load_format="dummy"``): whoever builds it loads the learners' weights next (``load_vllm_weights``),
+    so only the config is written to disk (also right under FSDP2, where a learner holds a shard, not the model).
+    Token ids in, token ids out: no tokenizer (hydralign's own char tokenizer included). ``launch``: further
+    ``LLM`` arguments (the colocated engine's ``distributed_executor_backend``, ``enable_sleep_mode``)."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: collective_rpc
+    from vllm import LLM  # runs the loader callable here, nothing pickled
+
+    folder = tempfile.mkdtemp(prefix="hydralign-vllm-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    config.save_pretrained(folder)  # config.json: the architecture vLLM builds
+    return LLM(model=folder, load_format="dummy", skip_tokenizer_init=True, dtype=str(gcfg.vllm_dtype), seed=seed,
+               gpu_memory_utilization=float(gcfg.vllm_gpu_memory_utilization), enforce_eager=True,
+               max_model_len=max_model_len, logprobs_mode="processed_logprobs", **launch)
+
+
+def _load_into_worker(worker: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """Runs in vLLM's worker (``LLM.collective_rpc``, in this process): the model's own loader maps Hugging Face
+    names (fused q/k/v, gate/up) and copies each tensor in as it comes, so ``weights`` may be a generator."""
     worker.model_runner.model.load_weights(weights=weights)
 
 
+def load_vllm_weights(llm: Any, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+    """The policy's weights (Hugging Face names, any dtype and device) into ``llm``, one tensor at a time."""
+    llm.collective_rpc(_load_into_worker, args=(weights,))
+    llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+
+
+def vllm_sample(llm: Any, prompts: list[list[int]], generations: int, seed: int, pad_id: int, stop_ids: list[int],
+                temperature: float, max_new_tokens: int) -> dict[str, Any]:
+    """Each prompt ``generations`` times (request i seeded ``seed + i``), as the other engines return it: the ids
+    (prompt left-padded, then the completion), the prompt part's mask and width, and vLLM's log-probs of each
+    sampled token (CPU tensors)."""
+    from vllm import SamplingParams
+
+    params = [SamplingParams(n=generations, temperature=temperature, top_p=1.0, top_k=0, max_tokens=max_new_tokens,
+                             stop_token_ids=list(stop_ids), seed=seed + i, logprobs=0) for i in range(len(prompts))]
+    outputs = llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+    # (detokenize is off with skip_tokenizer_init; the learner decodes for its verifiers)
+    rows, logps = [], []
+    for request in outputs:
+        for c in request.outputs:
+            rows.append(list(c.token_ids))
+            logps.append([float(step[t].logprob) for step, t in zip(c.logprobs, c.token_ids)])
+    t = max(1, max(len(r) for r in rows))
+    ids, mask = left_pad([p for p in prompts for _ in range(generations)], pad_id)
+    completion = torch.full((len(rows), t), pad_id, dtype=torch.long)
+    sampler = torch.zeros((len(rows), t), dtype=torch.float32)
+    for i, (r, lp) in enumerate(zip(rows, logps)):
+        completion[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        sampler[i, :len(lp)] = torch.tensor(lp)
+    return {"out": torch.cat([ids, completion], dim=1), "prompt_mask": mask, "width": ids.shape[1],
+            "sampler_logps": sampler}
+
+
 class VLLMEngine:
-    """vLLM's engine in this generator process, on its own GPU."""
+    """vLLM's engine in this generator process, on its own GPU (the broadcast lands in CUDA buffers: NCCL)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, gcfg: Any, pad_id: int, stop_ids: list[int],
-                 temperature: float, max_new_tokens: int, max_prompt_tokens: int, seed: int,
-                 layout: list[tuple[str, Any, tuple]]):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: collective_rpc
-        from vllm import LLM  # runs the loader callable here, nothing pickled
-
-        self._dir = tempfile.mkdtemp(prefix="hydralign-vllm-")
-        atexit.register(shutil.rmtree, self._dir, ignore_errors=True)  # a whole copy of the model: not left behind
-        model.save_pretrained(self._dir)  # the architecture (and initial weights; the learners' come next)
+    def __init__(self, config: Any, gcfg: Any, pad_id: int, stop_ids: list[int], temperature: float,
+                 max_new_tokens: int, max_prompt_tokens: int, seed: int, layout: list[tuple[str, Any, tuple]],
+                 device: torch.device):
+        self.llm = vllm_engine(config, gcfg, seed, max_prompt_tokens + max_new_tokens)
         self.names = [n for n, _, _ in layout]
-        self._buffers = [torch.empty(tuple(s), dtype=d) for _, d, s in layout]
-        # token ids in, token ids out: vLLM never needs the tokenizer (hydralign's own char tokenizer included)
-        self.llm = LLM(model=self._dir, skip_tokenizer_init=True, dtype=str(gcfg.vllm_dtype), seed=seed,
-                       gpu_memory_utilization=float(gcfg.vllm_gpu_memory_utilization), enforce_eager=True,
-                       max_model_len=max_prompt_tokens + max_new_tokens, logprobs_mode="processed_logprobs")
+        self._buffers = [torch.empty(tuple(s), dtype=d, device=device) for _, d, s in layout]
         self.pad_id, self.stop_ids, self.temperature, self.max_new = pad_id, stop_ids, temperature, max_new_tokens
 
     def buffers(self) -> list[torch.Tensor]:
         return self._buffers
 
     def load(self) -> None:
-        self.llm.collective_rpc(_load_into_worker, args=(list(zip(self.names, self._buffers)),))
-        self.llm.reset_prefix_cache()  # cached prefixes were computed with the old weights
+        load_vllm_weights(self.llm, zip(self.names, self._buffers))
 
     def sample(self, prompts: list[list[int]], generations: int, seed: int) -> dict[str, Any]:
-        from vllm import SamplingParams
-
-        params = [SamplingParams(n=generations, temperature=self.temperature, top_p=1.0, top_k=0,
-                                 max_tokens=self.max_new, stop_token_ids=list(self.stop_ids), seed=seed + i,
-                                 logprobs=0) for i in range(len(prompts))]
-        outputs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
-        # (detokenize is off with skip_tokenizer_init; the learner decodes for its verifiers)
-        rows, logps = [], []
-        for request in outputs:
-            for c in request.outputs:
-                rows.append(list(c.token_ids))
-                logps.append([float(step[t].logprob) for step, t in zip(c.logprobs, c.token_ids)])
-        t = max(1, max(len(r) for r in rows))
-        ids, mask = left_pad([p for p in prompts for _ in range(generations)], self.pad_id)
-        completion = torch.full((len(rows), t), self.pad_id, dtype=torch.long)
-        sampler = torch.zeros((len(rows), t), dtype=torch.float32)
-        for i, (r, lp) in enumerate(zip(rows, logps)):
-            completion[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-            sampler[i, :len(lp)] = torch.tensor(lp)
-        return {"out": torch.cat([ids, completion], dim=1), "prompt_mask": mask, "width": ids.shape[1],
-                "sampler_logps": sampler}
+        return vllm_sample(self.llm, prompts, generations, seed, self.pad_id, self.stop_ids, self.temperature,
+                           self.max_new)

@@ -30,8 +30,8 @@ def _engine(cfg: Any, hello: dict, tokenizer: Any, device: torch.device) -> Any:
         from hydralign.rollout_workers.engines import VLLMEngine
 
         longest = max(len(p) for p in hello["prompts"])
-        return VLLMEngine(model, tokenizer, cfg.generation, tokenizer.pad_token_id, hello["stop_ids"], temperature,
-                          r.max_completion_length, longest, plan.seed, hello["layout"])
+        return VLLMEngine(model.config, cfg.generation, tokenizer.pad_token_id, hello["stop_ids"], temperature,
+                          r.max_completion_length, longest, plan.seed, hello["layout"], device)
     from hydralign.rollout_workers.engines import HFEngine
 
     return HFEngine(model, device, tokenizer.pad_token_id, hello["stop_ids"], temperature, r.max_completion_length,
@@ -47,12 +47,14 @@ def serve(cfg: Any) -> None:
     timeout = float(cfg.hardware.get("dist_timeout_min") or 30) * 60
     # the learners may take hours to start (a large mixture's cache, loading, sharding): the launcher ends this
     # process if they fail, so waiting for them to open the store is bounded by their own start-up
-    channel = Channel.open(None, timeout_s=timeout, connect_timeout_s=7 * 24 * 3600.0)
+    gpu = cfg.hardware.accelerator == "gpu"
+    device = torch.device("cuda", 0) if gpu else torch.device("cpu")  # the launcher shows it its own GPU only
+    if gpu:
+        torch.cuda.set_device(device)  # NCCL's communicator for the weights is made on the current device
+    channel = Channel.open(None, timeout_s=timeout, connect_timeout_s=7 * 24 * 3600.0, device=device)
     hello = channel.take("hello", keep=True)
     plan = hello["plan"]
     r = plan.rollout
-    gpu = cfg.hardware.accelerator == "gpu"
-    device = torch.device("cuda", 0) if gpu else torch.device("cpu")  # the launcher shows it its own GPU only
     tokenizer, _ = tokenizer_and_template(cfg.model)
     engine = _engine(cfg, hello, tokenizer, device)
     sync = SyncSchedule(r.steps_per_rollout, r.max_staleness, r.weight_sync_steps, r.total_rollouts,
@@ -65,6 +67,8 @@ def serve(cfg: Any) -> None:
             started = time.perf_counter()
             version = channel.recv_weights(engine.buffers())
             engine.load()
+            if gpu:
+                torch.cuda.synchronize(device)  # the load's copies are done: its seconds are honest
             synced_s += time.perf_counter() - started
         for rank, schedule in served.items():
             started = time.perf_counter()

@@ -140,7 +140,7 @@ GEN = ["method=grpo", "hardware=cpu_2proc", "hardware.generator_devices=1"]
     (GEN + ["method.num_mini_batches=2", "method.weight_sync_steps=3"],
      r"weight_sync_steps=3 does not divide the 2 optimizer steps per rollout batch.*method.weight_sync_steps=1"),
     (GEN + ["generation.backend=vllm"], r"generation.backend=vllm needs a CUDA GPU .* or generation.backend=hf"),
-    (["method=grpo", "generation.backend=vllm"], r"vllm runs in generator processes.*generator_devices=1"),
+    (["method=grpo", "generation.backend=vllm"], r"builds a vLLM engine in each learner.*or generation.backend=hf"),
     (["method=grpo", "generation.backend=sglang"], r"generation.backend=sglang is unknown; choose from hf, vllm"),
     (GEN + ["hardware.devices_per_node=3", "hardware.generator_devices=2"],
      r"generator_devices=2 exceeds the 1 learners"),
