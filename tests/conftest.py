@@ -11,7 +11,15 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 
-from tests.helpers import tiny_cfg
+from tests.helpers import SHARED_ROOT, tiny_cfg  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_root(tmp_path_factory):
+    """tests.helpers.shared's root: the session's temporary folder, which pytest-xdist's workers (each given
+    ``<session>/popen-gwN``) have in common."""
+    base = tmp_path_factory.getbasetemp()
+    SHARED_ROOT[:] = [(base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"]
 
 
 @pytest.fixture

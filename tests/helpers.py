@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -12,6 +15,22 @@ from hydralign.config.store import register
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = Path(config_dir())
+SHARED_ROOT: list[Path] = []  # set by tests/conftest.py: one folder for every test process of the session
+
+
+@contextmanager
+def shared(name: str) -> Iterator[Path]:
+    """The folder ``name`` that every test process of this pytest session shares (pytest-xdist's workers too), held
+    under a file lock while the caller builds or reads what is in it: the first process builds, the others wait for
+    it and find it built (the caller checks for its own finished marker)."""
+    folder = SHARED_ROOT[0] / name
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield folder
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def compose_cfg(overrides: list[str] | None = None) -> DictConfig:

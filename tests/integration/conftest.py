@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hydralign.run.job import run
-from tests.helpers import tiny_cfg
+from tests.helpers import shared, tiny_cfg
 
 # The default task, shrunk to 2-digit sums so a CI-sized run learns it (val exact match 0.99 here; the task's
 # encoding makes that a matter of steps, not of the machine: benchmarks/RESULTS.md, issue 15).
@@ -15,9 +17,11 @@ LEARN = ["data.arithmetic.max_digits=2", "data.arithmetic.num_train=4000", "data
 
 
 @pytest.fixture(scope="session")
-def sft_trained(tmp_path_factory):
-    """(cfg, metrics, tmp): the run directory is tmp / "run" (hf_model/ exported)."""
-    tmp = tmp_path_factory.mktemp("sft")
-    cfg = tiny_cfg(tmp, LEARN)
-    metrics = run(cfg)
+def sft_trained():
+    """(cfg, metrics, tmp): the run directory is tmp / "run" (hf_model/ exported). Trained once per session, by the
+    first test process that asks (pytest-xdist's other worker waits for it and reads its metrics.json)."""
+    with shared("sft") as tmp:
+        cfg = tiny_cfg(tmp, LEARN)
+        done = tmp / "run" / "metrics.json"  # written once the run has ended and exported
+        metrics = json.loads(done.read_text()) if done.is_file() else run(cfg)
     return cfg, metrics, tmp

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import shared
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -20,16 +22,16 @@ COMMON = ["trainer.max_steps=8", "eval.every_n_steps=4", "batch.effective=8", "b
           "eval.num_generate=8"]
 
 
-_PLAIN_SINGLE: dict = {}  # the plain 1-process curve, the reference of six tests here and in test_deepspeed_cpu
-
-
 def _curve(tmp: Path, name: str, processes: int, overrides: list[str], fsdp: bool = None,
            stop_at: int = 0) -> dict:
     """The curve of one run; by default 2 processes run FSDP2 and 1 process runs plain. The plain 1-process run of
     COMMON alone (the Hugging Face export does not change a curve) is run once per session and shared."""
     plain = processes == 1 and fsdp is None and not stop_at and set(overrides) <= {"checkpoint.export_hf=false"}
-    if plain and "curve" in _PLAIN_SINGLE:
-        return _PLAIN_SINGLE["curve"]
+    if plain:
+        with shared("plain_curve") as folder:  # every test process of the session: the first one runs it
+            if not (folder / "run" / "curve.json").is_file():
+                _curve(folder, "run", 1, ["checkpoint.export_hf=false"], fsdp=False)
+            return json.loads((folder / "run" / "curve.json").read_text())
     launcher = [sys.executable] if processes == 1 else \
         [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", str(processes)]
     hardware = ["hardware=cpu"] if processes == 1 else ["hardware=cpu_2proc"]
@@ -39,10 +41,7 @@ def _curve(tmp: Path, name: str, processes: int, overrides: list[str], fsdp: boo
     out = subprocess.run([*launcher, "-m", "tests.multiprocess.curve_job", str(tmp / name), *hardware, *COMMON,
                           *overrides], capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    curve = json.loads((tmp / name / "curve.json").read_text())
-    if plain:
-        _PLAIN_SINGLE["curve"] = curve
-    return curve
+    return json.loads((tmp / name / "curve.json").read_text())
 
 
 def _max_difference(a: dict, b: dict) -> float:
