@@ -226,9 +226,9 @@ def deepspeed_zero(device: str, tmp: Path) -> str:
 
 def grpo_vllm(device: str, tmp: Path) -> str:
     """GRPO's vLLM generator engine (hydralign/rollout_workers/engines.py) on this GPU: built from the tiny policy's
-    config (random weights), given the policy's weights through collective_rpc (the learners' broadcast lands in its
-    CUDA buffers), it samples 4 prompts x 8; its log-probs of the sampled tokens are compared with the same weights'
-    HF forward (the importance ratio the correction would see: ~1 up to bf16 numerics). With >= 2 GPUs also the real
+    config (random weights), given the policy's weights through collective_rpc (one CUDA tensor at a time, as the
+    learners' broadcast hands them over), it samples 4 prompts x 8; its log-probs of the sampled tokens are compared
+    with the same weights' HF forward (the importance ratio the correction would see: ~1 up to bf16 numerics). With >= 2 GPUs also the real
     job: 1 learner + 1 vLLM generator, max_staleness 1, 6 steps, weights over NCCL with HYDRALIGN_VERIFY_SYNC=1."""
     need("vllm")
     import torch
@@ -245,12 +245,9 @@ def grpo_vllm(device: str, tmp: Path) -> str:
     stops = tokenizer.convert_tokens_to_ids(template.stop_tokens(tokenizer.eos_token))
     policy = build_model(cfg.model, tokenizer, 1, cfg.peft)  # the "learner" (the engine starts with dummy weights)
     layout = [(n, t.dtype, tuple(t.shape)) for n, t in policy.state_dict().items()]
-    engine = VLLMEngine(policy.config, cfg.generation, tokenizer.pad_token_id, stops, 1.0, 8, 32, 0, layout,
-                        torch.device("cuda", 0))
-    for buf, t in zip(engine.buffers(), policy.state_dict().values()):
-        buf.copy_(t)
+    engine = VLLMEngine(policy.config, cfg.generation, tokenizer.pad_token_id, stops, 1.0, 8, 32, 0, layout)
     started = time.perf_counter()
-    engine.load()
+    engine.load((n, t.to("cuda")) for n, t in policy.state_dict().items())  # as the broadcast hands them over
     loaded_s = time.perf_counter() - started
     prompts = [tokenizer.encode(f"{a}+{b}=") for a, b in ((12, 34), (5, 77), (40, 40), (9, 1))]
     got = engine.sample(prompts, 8, seed=1234)

@@ -227,7 +227,7 @@ class GRPOModule(PostTrainingModule):
             longest = max(len(e.prompt_ids) for e in self.trainer.datamodule.train_examples)
             sampling = (self.tokenizer.pad_token_id, list(self.stop_token_ids), float(self.cfg.method.temperature),
                         r.max_completion_length)
-            self._colocated = ColocatedVLLM.start(self.model, self.cfg.generation, self.global_rank, self.local_rank,
+            self._colocated = ColocatedVLLM.start(self.model, self.cfg.generation, self.global_rank,
                                                   self.trainer.world_size, self.plan.seed + self.global_rank,
                                                   longest + r.max_completion_length, self.device, sampling)
         if not r.generator_devices:
@@ -240,6 +240,15 @@ class GRPOModule(PostTrainingModule):
         timeout = float(self.cfg.hardware.get("dist_timeout_min") or 30) * 60
         self._client = RolloutClient.start(self.model, self.plan, self.global_rank, self.global_step, prompts,
                                            self.stop_token_ids, log, timeout, self.device)
+
+    def on_train_epoch_end(self) -> None:
+        """This learner's vLLM engine asleep (level 2) once an epoch's training is done (generation.vllm_sleep=false
+        keeps it awake between rollout batches only): the final validation and lm-eval get its memory back. Here and
+        not only in on_train_end, which Lightning calls after the callbacks' (lm-eval at the end runs there)."""
+        if self._colocated is not None:
+            self._colocated.rest()
+
+    on_train_end = on_train_epoch_end
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The policy version (optimizer steps applied) the weights are: a resumed run with generator processes

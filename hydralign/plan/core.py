@@ -28,10 +28,11 @@ from hydralign.plan.length import (
     warmup_steps,
 )
 from hydralign.plan.memory import MemoryEstimate, estimate_memory, memory_inputs
+from hydralign.plan.memory_colocated import colocated_inputs, estimate_colocated
 from hydralign.plan.memory_evaluation import estimate_with_evaluation
 from hydralign.plan.mixture import MixtureSource, check_mixture
 from hydralign.plan.packing import check_packing
-from hydralign.plan.rollout import GRPO_UNITS, RolloutPlan, generator_devices, rollout_sizes
+from hydralign.plan.rollout import GRPO_UNITS, RolloutPlan, generator_devices, learner_nodes, rollout_sizes
 from hydralign.plan.strategy import check_strategy
 
 
@@ -149,23 +150,29 @@ def _config_plan(cfg: Any) -> Plan:
         method=spec.name, data_kind=spec.data_kind,
         loss_unit=GRPO_UNITS.get(rollout.loss_type, spec.unit) if rollout else spec.unit,
         frozen_models=spec.frozen_models(cfg), model=str(setting(cfg, "model.name") or "?"), accelerator=accelerator,
-        strategy=strategy, precision=precision, nodes=nodes, devices_per_node=world // nodes, world_size=world,
+        strategy=strategy, precision=precision, nodes=(lnodes := learner_nodes(nodes, devices, nodes * devices - world)),
+        devices_per_node=world // lnodes, world_size=world,
         micro_batch=micro, grad_accum=grad_accum, global_micro_batch=global_micro, effective_batch=effective,
         max_seq_len=max_seq_len, max_tokens_per_step=effective * sequences * length, num_train_examples=None,
         steps_per_epoch=None, total_steps=None, epochs=None, warmup_steps=None, lr=lr, schedule=schedule,
         eval_every_n_steps=every, seed=seed, num_parameters=setting(cfg, "model.num_parameters"),
-        memory=_memory(cfg, spec, packing, micro, sequences, length), rollout=rollout,
+        memory=_memory(cfg, spec, packing, micro, sequences, length, rollout), rollout=rollout,
         checkpoint_every_n_steps=ckpt_every, packing=packing,
         max_tokens_per_micro=row_tokens if packing == "packed" else None,
         harness_every=harness_every, harness_tasks=tuple(setting(cfg, "eval.harness.tasks") or ()), mixture=mixture,
     )
 
 
-def _memory(cfg: Any, spec: MethodSpec, packing: str, micro: int, sequences: int, length: int
-            ) -> Optional[MemoryEstimate]:
+def _memory(cfg: Any, spec: MethodSpec, packing: str, micro: int, sequences: int, length: int,
+            rollout: Optional[RolloutPlan]) -> Optional[MemoryEstimate]:
     """A micro-batch's rows x sequences x length: padding_free makes it one row of all its tokens (its attention is
-    quadratic in them on SDPA / eager)."""
+    quadratic in them on SDPA / eager). The learners' own vLLM engines are counted too (plan.memory_colocated)."""
     rows, per_row, row_len = (1, 1, micro * sequences * length) if packing == "padding_free" else \
         (micro, sequences, length)
     inputs = memory_inputs(cfg, rows, per_row, spec.held_models(cfg), spec.chunked_loss, seq_len=row_len)
-    return estimate_memory(inputs, pieces=estimate_with_evaluation) if inputs is not None else None
+    if inputs is None:
+        return None
+    colocated = colocated_inputs(cfg, rollout)
+    if colocated is not None:
+        return estimate_colocated(inputs, colocated)
+    return estimate_memory(inputs, pieces=estimate_with_evaluation)

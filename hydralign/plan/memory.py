@@ -39,7 +39,8 @@ What one device holds at the peak of a step, in GiB (2^30 bytes), by piece:
                under no_grad, so its activations do not add to the peak. A distillation teacher's size is not in
                the config: it is not counted (said in the notes).
 
-While lm-eval evaluates during training, rank 0 holds more: hydralign.plan.memory_evaluation adds it.
+While lm-eval evaluates during training, rank 0 holds more: hydralign.plan.memory_evaluation adds it; a learner's
+own vLLM engine (generation.backend=vllm, no generator devices): hydralign.plan.memory_colocated.
 
 Not counted: the CUDA context and kernels (~0.5-1 GiB), allocator fragmentation, communication buffers, data.
 """
@@ -56,8 +57,6 @@ from hydralign.plan.harness import harness_batch
 
 GIB = float(2**30)
 CHAR_VOCAB_BASE = 4 + 97  # the char tokenizer: <pad> <unk> <s> </s>, printable ASCII, newline, tab (+ markers)
-
-
 
 
 @dataclass(frozen=True)
@@ -148,6 +147,7 @@ class MemoryEstimate:
     notes: tuple[str, ...] = ()
     suggestions: tuple[str, ...] = ()  # overrides that lower the total, with the total each gives
     evaluation_gib: Optional[float] = None  # rank 0 while lm-eval runs (the total is the larger); None: no evaluation
+    colocated_gib: Optional[float] = None  # a learner's vLLM engine awake (plan.memory_colocated); None: no engine
 
 
 def char_vocab_size() -> int:
@@ -387,6 +387,9 @@ def format_memory(est: Optional[MemoryEstimate]) -> list[tuple[str, str]]:
     if est.evaluation_gib is not None:
         rows.append(("  evaluating (rank 0)", f"{gib(est.evaluation_gib)} while lm-eval runs (one batch beside the "
                                               "training state)"))
+    if est.colocated_gib is not None:
+        rows.append(("  sampling (vLLM)", f"{gib(est.colocated_gib)} with the learner's engine awake (its share "
+                                          "generation.vllm_gpu_memory_utilization of the device beside training's)"))
     rows += [("  note", n) for n in est.notes]
     if est.fits is False:
         rows.append(("  to fit, try", "; ".join(est.suggestions) if est.suggestions

@@ -11,8 +11,11 @@ port (``HYDRALIGN_ROLLOUT_PORT``); learner 0 hosts a TCP store there.
 - Rollouts and the start message are small pickled objects in the store (``post`` / ``take``): posting never waits
   for the reader, so a generator can run ``max_staleness`` batches ahead of the learner that will train on them.
 
-With ``HYDRALIGN_VERIFY_SYNC=1`` each generator posts a checksum (SHA-256 of the bytes of a CPU copy) of the weights
-it received, and learner 0 compares it with its own after every broadcast, failing the job on a difference.
+A generator receives each tensor into its engine's own parameter where it matches, else into a buffer of its own that
+the engine copies in and releases before the next arrives (``WeightStream``): no second copy of the policy.
+
+With ``HYDRALIGN_VERIFY_SYNC=1`` each generator posts a checksum (SHA-256 of the bytes of a CPU copy of each tensor as
+received, in order), and learner 0 compares it with its own after every broadcast, failing the job on a difference.
 """
 
 from __future__ import annotations
@@ -142,14 +145,49 @@ class Channel:
             return mine
         return None
 
-    def recv_weights(self, buffers: list[torch.Tensor]) -> int:
-        """A generator: the next broadcast into ``buffers`` (contiguous, on this channel's device, in the learners'
-        state_dict order); returns its version."""
+    def recv_weights(self, layout: list[tuple[str, Any, tuple]],
+                     targets: Optional[list[Optional[torch.Tensor]]] = None) -> tuple[int, WeightStream]:
+        """A generator: the next broadcast's version (its header, received now) and its tensors as a stream
+        (received one at a time as it is iterated, in the learners' state_dict order: ``layout``, name, dtype and
+        shape per tensor). ``targets``: per tensor, a contiguous tensor on this channel's device to receive into
+        (an engine's own parameter), or None for a buffer of its own, allocated as it comes."""
         header = torch.zeros(1, dtype=torch.int64, device=self.device)
         _broadcast(self.weights, header)
-        for buf in buffers:
-            _broadcast(self.weights, buf)
         version = int(header[0])
-        if verify_sync():
-            self.post(f"checksum/{self.generator_rank}/{version}", checksum(buffers))
-        return version
+        return version, WeightStream(self, version, layout, targets or [None] * len(layout))
+
+
+class WeightStream:
+    """One broadcast's tensors, each received as the stream is iterated (once, in full: the broadcast stays in step
+    with learner 0 only if every tensor is taken; ``complete`` says it was). With ``HYDRALIGN_VERIFY_SYNC=1`` a
+    running SHA-256 of each tensor's bytes as received (a CPU copy) is posted once the last one is in."""
+
+    def __init__(self, channel: Channel, version: int, layout: list[tuple[str, Any, tuple]],
+                 targets: list[Optional[torch.Tensor]]):
+        self.channel, self.version, self.layout, self.targets = channel, version, layout, targets
+        self.complete = False
+        self._received = self._receive()  # one pass: iterating again goes on where the last stopped
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return self._received
+
+    def _receive(self) -> Iterator[tuple[str, torch.Tensor]]:
+        digest, verify = hashlib.sha256(), verify_sync()
+        for (name, dtype, shape), target in zip(self.layout, self.targets):
+            buf = target if target is not None else torch.empty(tuple(shape), dtype=dtype, device=self.channel.device)
+            _broadcast(self.channel.weights, buf)
+            if verify:
+                _digest(digest, buf)
+            yield name, buf
+            del buf  # the consumer's reference alone keeps it (one received tensor at a time)
+        self.complete = True
+        if verify:
+            self.channel.post(f"checksum/{self.channel.generator_rank}/{self.version}", digest.hexdigest())
+
+    def finish(self) -> None:
+        """After the engine took the stream: the rest of it received and dropped if it stopped early (the job
+        fails: a weight was not loaded), so learner 0 is not left waiting in a broadcast."""
+        left = sum(1 for _ in self._received)  # (also lets a consumer that stopped at the last tensor post its digest)
+        if left:
+            raise RuntimeError(f"weight sync at version {self.version}: the engine left {left} of the "
+                               f"{len(self.layout)} tensors untaken")

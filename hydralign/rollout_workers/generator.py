@@ -31,7 +31,7 @@ def _engine(cfg: Any, hello: dict, tokenizer: Any, device: torch.device) -> Any:
 
         longest = max(len(p) for p in hello["prompts"])
         return VLLMEngine(model.config, cfg.generation, tokenizer.pad_token_id, hello["stop_ids"], temperature,
-                          r.max_completion_length, longest, plan.seed, hello["layout"], device)
+                          r.max_completion_length, longest, plan.seed, hello["layout"])
     from hydralign.rollout_workers.engines import HFEngine
 
     return HFEngine(model, device, tokenizer.pad_token_id, hello["stop_ids"], temperature, r.max_completion_length,
@@ -65,8 +65,9 @@ def serve(cfg: Any) -> None:
     for q in range(sync.start_rollout, r.total_rollouts):
         while version < sync.version_for(q):
             started = time.perf_counter()
-            version = channel.recv_weights(engine.buffers())
-            engine.load()
+            version, weights = channel.recv_weights(hello["layout"], engine.targets())
+            engine.load(weights)  # each tensor taken as it is received
+            weights.finish()
             if gpu:
                 torch.cuda.synchronize(device)  # the load's copies are done: its seconds are honest
             synced_s += time.perf_counter() - started

@@ -238,3 +238,57 @@ def test_generator_devices_are_not_learners_sharding_the_policy():
                                    "hardware.devices_per_node=7", "generation=hf", "method.max_staleness=0"])).memory
     assert card.parameters_gib == pytest.approx(seven.parameters_gib)
     assert card.optimizer_gib == pytest.approx(seven.optimizer_gib) and card.total_gib == pytest.approx(seven.total_gib)
+
+
+# GRPO with the learner's own vLLM engine on one GPU (bf16-mixed, fp32 weights, AdamW): the model above, D = 0.2 GiB
+COLOCATED = ["method=grpo", "hardware=1xA100", "generation=vllm", "model=tiny", "model.vocab_size=100",
+             "model.num_heads=4", "model.num_layers=4", "data.max_seq_len=64", "method.beta=0.0",
+             "hardware.device_memory_gb=0.2"]
+# what stays resident while the engine samples: fp32 weights 4P + autocast's bf16 copies of all but the untied input
+# embedding 2(P - EMBED) + fp32 gradients 4P + AdamW 8P
+RESIDENT = 18 * P - 2 * EMBED  # 12,252,416
+
+
+def _colocated(overrides):
+    return make_plan(compose_cfg(COLOCATED + overrides)).memory
+
+
+def test_a_sleeping_colocated_engine_adds_its_share_beside_the_training_state():
+    step = _colocated(["generation=hf"])  # the same training without the engine
+    m = _colocated(["generation.vllm_gpu_memory_utilization=0.5"])
+    assert step.colocated_gib is None and _bytes(step.total_gib) > RESIDENT
+    assert _bytes(m.parameters_gib + m.gradients_gib + m.optimizer_gib + m.frozen_gib) == pytest.approx(RESIDENT)
+    assert m.colocated_gib == pytest.approx(RESIDENT / GIB + 0.5 * 0.2)  # 0.1114 GiB
+    assert m.total_gib == pytest.approx(max(step.total_gib, RESIDENT / GIB + 0.1)) and m.fits is True
+    assert "sampling (vLLM)" in format_plan(make_plan(compose_cfg(COLOCATED)))
+    awake = _colocated(["generation.vllm_gpu_memory_utilization=0.5", "generation.vllm_sleep=false"])
+    assert awake.colocated_gib == pytest.approx(step.total_gib + 0.1) == awake.total_gib  # held through the step
+
+
+@pytest.mark.parametrize("sleep, fitting", [("true", 0.94), ("false", 0.65)])
+def test_a_colocated_share_that_does_not_fit_names_one_that_does(sleep, fitting):
+    """vllm_sleep: the largest u with RESIDENT + u x D <= D, (0.2 GiB - 0.0114) / 0.2 = 0.943; without it the step's
+    peak (0.0695 GiB) stays beside the share: (0.2 - 0.0695) / 0.2 = 0.652; to 0.01 below."""
+    flags = [f"generation.vllm_sleep={sleep}"]
+    m = _colocated(flags + ["generation.vllm_gpu_memory_utilization=0.95"])
+    assert m.fits is False
+    assert m.suggestions[0].startswith(f"generation.vllm_gpu_memory_utilization={fitting:g} (")
+    assert m.suggestions[0].endswith("fits)") and not any(s.startswith("peft=") for s in m.suggestions)
+    assert _colocated(flags + [f"generation.vllm_gpu_memory_utilization={fitting}"]).fits is True
+    assert _colocated(flags + [f"generation.vllm_gpu_memory_utilization={fitting + 0.01:.2f}"]).fits is False
+
+
+def test_a_share_too_small_for_the_policy_in_the_engines_dtype_is_said():
+    """auto: vLLM holds a float32 config's weights in 16 bits, 2P = 1.30 MiB; float32: 4P = 2.60 MiB. A share of
+    0.01 x 0.2 GiB = 2.05 MiB holds the first, not the second."""
+    assert _colocated(["generation.vllm_gpu_memory_utilization=0.01"]).fits is True
+    m = _colocated(["generation.vllm_gpu_memory_utilization=0.01", "generation.vllm_dtype=float32"])
+    assert m.fits is False and any("does not fit its share" in n for n in m.notes)
+    assert [s.split(" (")[0] for s in m.suggestions] == ["generation.vllm_gpu_memory_utilization=0.94"]
+
+
+def test_no_colocated_share_fits_where_training_alone_does_not():
+    m = _colocated(["hardware.device_memory_gb=0.05"])  # the step alone: 0.0695 GiB
+    assert m.fits is False and not any(s.startswith("generation.vllm") for s in m.suggestions)
+    assert any(n.startswith("colocated vLLM: no generation.vllm_gpu_memory_utilization fits: the training alone")
+               for n in m.notes)
