@@ -21,6 +21,7 @@ import contextlib
 import copy
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,10 +102,10 @@ def apply_peft(model: torch.nn.Module, pcfg: Any) -> torch.nn.Module:
 
 
 def is_peft(model: torch.nn.Module) -> bool:
-    """True for a model wrapped by ``apply_peft`` (a ``peft.PeftModel``)."""
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
+    """True for a model wrapped by ``apply_peft`` (a ``peft.PeftModel``). Without importing peft (a second of
+    start-up in every process): a PeftModel exists only once peft has been imported."""
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 @contextlib.contextmanager
