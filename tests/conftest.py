@@ -28,3 +28,13 @@ def make_cfg(tmp_path):
         return tiny_cfg(tmp_path, overrides)
 
     return _make
+
+
+_FIRST = {"multiprocess": 0, "integration": 1}  # the rest (unit, golden) after
+
+
+def pytest_collection_modifyitems(config, items):
+    """Long files first: with ``-n 2`` (pytest-xdist, whole files per process) the multi-process and integration
+    files start early and the many quick unit tests fill the gaps at the end, instead of one long file running alone
+    on one core while the other has nothing left (the order within each folder is kept)."""
+    items.sort(key=lambda item: _FIRST.get(item.path.parent.name, 2))
