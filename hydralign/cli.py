@@ -56,6 +56,11 @@ def task(cfg: DictConfig) -> Optional[float]:
         join_slurm_step()  # a task of a SLURM job (submitit, srun): this process is one rank of it
         check_machine(cfg.hardware)
         check_generation_backend(cfg, plan)  # generation.backend=vllm: the package its engines import
+        from hydralign.distributed.generator_tasks import (
+            end_generator_tasks,
+            join_generator_tasks,
+            serve_task,
+        )
         from hydralign.run.console import configure_console
         from hydralign.run.job import objective, run
 
@@ -63,13 +68,19 @@ def task(cfg: DictConfig) -> Optional[float]:
         from hydralign.distributed.launch import apply_env, launch, needs_launch
 
         apply_env(cfg.hardware)  # NCCL settings, before any process group (ranks started below inherit them)
-
+        role = join_generator_tasks(cfg.hardware)  # torchrun/srun with generator devices: the last ranks generate
+        if role == "generator":
+            serve_task(cfg)
+            return None
         if needs_launch(cfg.hardware):  # one node, several devices: hydralign starts the ranks itself
             from hydralign.run.trainer import default_run_dir
 
             metrics = launch(cfg, Path(cfg.run_dir) if cfg.run_dir else default_run_dir())
         else:
-            metrics = run(cfg, started=started, plan=plan)
+            try:
+                metrics = run(cfg, started=started, plan=plan)
+            finally:
+                end_generator_tasks()  # learner 0 of a split launch: the generator tasks end with the run
     except Preempted as stopped:
         print(f"hydralign: {stopped}", file=sys.stderr, flush=True)
         from hydralign.run.references import rank_zero

@@ -76,17 +76,15 @@ def check_machine(hw: Any) -> None:
 
 
 def check_generation_backend(cfg: Any, plan: Any = None) -> None:
-    """Generator processes (the plan has checked the config): started by hydralign's launcher only, and with
-    generation.backend=vllm the vllm package must import here, where they will run, or where the learners run their
+    """Generator processes (the plan has checked the config): started by hydralign's launcher (one node), or tasks of
+    a torchrun/srun launch of learners + generators tasks (``distributed.generator_tasks``: the last ranks generate);
+    with generation.backend=vllm the vllm package must import here, where they will run, or where the learners run their
     own engines (``plan``: a method that samples with hardware.generator_devices=0); checked beside the device count,
     after dry_run has printed the plan."""
     import importlib.util
 
     gens = int(cfg.hardware.get("generator_devices", 0) or 0)
-    if gens and ("LOCAL_RANK" in os.environ or cfg.hardware.nodes > 1):
-        raise ConfigError(f"hardware.generator_devices={gens}: hydralign starts the learners and the generator processes "
-                          "itself, on one node: run `python -m hydralign ...` (not under torchrun or srun), or set "
-                          "hardware.generator_devices=0")
+    _check_generator_tasks(cfg.hardware, gens)
     colocated = getattr(plan, "rollout", None) is not None and not gens
     if not (gens or colocated) or cfg.get("generation", {}).get("backend") != "vllm":
         return
@@ -94,3 +92,17 @@ def check_generation_backend(cfg: Any, plan: Any = None) -> None:
         who = "the generator processes need it" if gens else "each learner builds its own engine with it"
         raise ConfigError(f"generation.backend=vllm: the vllm package cannot be imported on this machine; {who} "
                           "(`pip install vllm`, a version built for this torch and CUDA), or use generation.backend=hf")
+
+
+def _check_generator_tasks(hw: Any, gens: int) -> None:
+    """Under torchrun or srun the launch must hold every learner and generator (one task per device)."""
+    world, total = os.environ.get("WORLD_SIZE"), int(hw.nodes) * int(hw.devices_per_node)
+    if not gens or "LOCAL_RANK" not in os.environ or "HYDRALIGN_GENERATOR_TASKS" in os.environ:
+        return
+    if world is None or int(world) != total:
+        raise ConfigError(
+            f"hardware.generator_devices={gens}: this launch has WORLD_SIZE={world} tasks, but {requirement(hw)} is "
+            f"{total - gens} learners + {gens} generators, one task per device (the last {gens} ranks generate): "
+            f"torchrun --nnodes {hw.nodes} --nproc-per-node {hw.devices_per_node}, srun --nodes {hw.nodes} "
+            f"--ntasks-per-node {hw.devices_per_node} (hydra/launcher=submitit_slurm asks for that), or "
+            "`python -m hydralign ...` on one node (hydralign starts both itself)")

@@ -115,13 +115,23 @@ def _refuse_partial_weights(cfg: Any, who: str, takers: str, purpose: str, fix: 
                           f"adapters for {purpose} is not built; use peft=none, or {fix}")
 
 
+def learner_nodes(nodes: int, devices: int, gens: int) -> int:
+    """The nodes that hold learners: on several nodes the generators fill the last ones (``_check_generator_setup``);
+    on one node it shares them."""
+    return nodes - gens // devices if nodes > 1 else nodes
+
+
 def _check_generator_setup(cfg: Any, gens: int, world: int, backend: str) -> None:
     if gens > world:
         raise ConfigError(f"hardware.generator_devices={gens} exceeds the {world} learners: each generator samples "
                           f"the prompts of whole learners; use at most hardware.generator_devices={world}")
-    if int(setting(cfg, "hardware.nodes")) > 1:
-        raise ConfigError("hardware.generator_devices > 0 runs on one node (hydralign starts the generator processes "
-                          "beside its learners): set hardware.nodes=1, or hardware.generator_devices=0")
+    nodes, devices = int(setting(cfg, "hardware.nodes")), int(setting(cfg, "hardware.devices_per_node"))
+    if nodes > 1 and gens % devices:
+        whole = max(devices, gens // devices * devices)
+        raise ConfigError(f"hardware.generator_devices={gens} on {nodes} nodes x {devices} devices: the generators are "
+                          f"the last ranks, so a node would hold both learners and generators, and every node must "
+                          f"hold as many learners (Lightning's devices x num_nodes); use whole nodes of generators "
+                          f"(hardware.generator_devices={whole}), or hardware.nodes=1")
     _refuse_partial_weights(cfg, "hardware.generator_devices > 0", "the generators", "the weight broadcast",
                             "hardware.generator_devices=0")
     if backend == "vllm":
@@ -216,7 +226,10 @@ def format_rollout(r: Optional[RolloutPlan]) -> list[tuple[str, Any]]:
              f"{own}") if not r.generator_devices else (
         f"{learners} learner devices (world_size) + {r.generator_devices} generator devices ({r.backend}): the "
         f"generators sample rollout batches up to {r.max_staleness} ahead of training (method.max_staleness), "
-        f"weights broadcast every {r.weight_sync_steps} optimizer steps; importance sampling corrects the rest")
+        f"weights broadcast every {r.weight_sync_steps} optimizer steps; importance sampling corrects the rest; "
+        f"under torchrun or srun (one task per device) ranks 0..{learners - 1} learn and "
+        + (f"rank {learners} generates" if r.generator_devices == 1 else
+           f"ranks {learners}..{learners + r.generator_devices - 1} generate"))
     return [
         ("learners / generators", split),
         ("rollout batch (samples)", f"{r.samples_per_rollout} = {r.prompts_per_rollout} prompts x "

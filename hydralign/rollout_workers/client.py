@@ -31,6 +31,9 @@ class RolloutClient:
         schedule = SyncSchedule(r.steps_per_rollout, r.max_staleness, r.weight_sync_steps, r.total_rollouts,
                                 start_version)
         if rank == 0:
+            from hydralign.distributed.generator_tasks import remember_store
+
+            remember_store(channel.store, channel.generators)  # torchrun/srun tasks: told when the run ends
             layout = [(name, t.dtype, tuple(t.shape)) for name, t in model.state_dict().items()]  # DTensor: global
             channel.post("hello", {"plan": plan, "prompts": prompts, "stop_ids": list(stop_ids),
                                    "start_version": start_version, "layout": layout})
@@ -59,6 +62,7 @@ class RolloutClient:
         self.waited_s = self.channel.header_wait_s
         seconds = time.perf_counter() - started - self.waited_s
         if confirmed is not None and self.log is not None:
+            self.log.parent.mkdir(parents=True, exist_ok=True)  # (no launch/ folder where torchrun or srun started it)
             with open(self.log, "a") as fh:
                 fh.write(json.dumps({"version": version, "sha256": confirmed,
                                      "generators": self.channel.generators}) + "\n")

@@ -31,19 +31,24 @@ TASK = ["method=grpo", "data.arithmetic.max_digits=2", "data.arithmetic.num_trai
         "checkpoint.mode=min", "optimized_metric=val/loss", f"eval.every_n_steps={STEPS}", "lr=1e-3",
         "+method.rewards.format=1.0", "method.rewards.exact_answer=0.0", "method.format_pattern='[0-9].*'", "trainer.enable_progress_bar=false"]
 KEYS = ("train/loss", "rewards/mean", "completion_length", "truncated_fraction")
+REPO = Path(__file__).resolve().parents[2]
 
 
-def _run(tmp: Path, name: str, *overrides: str) -> dict[str, dict[int, float]]:
+def _run(tmp: Path, name: str, *overrides: str, launcher: tuple[str, ...] = (), env: dict[str, str] | None = None,
+         cwd: Path = REPO) -> dict[str, dict[int, float]]:
+    """One run's metrics by step. ``launcher``: what starts ``-m hydralign`` (torchrun's module and flags); ``env``:
+    more variables; ``cwd``: where it runs (this checkout is on PYTHONPATH wherever that is)."""
     from mlflow.tracking import MlflowClient
 
     store = f"sqlite:///{tmp / name}.db"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRALIGN_VERIFY_SYNC": "1"}
-    out = subprocess.run([sys.executable, "-m", "hydralign", *TASK, *overrides, "logger=mlflow",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HYDRALIGN_VERIFY_SYNC": "1", "PYTHONPATH": str(REPO), **(env or {})}
+    out = subprocess.run([sys.executable, *launcher, "-m", "hydralign", *TASK, *overrides, "logger=mlflow",
                           f"logger.tracking_uri={store}", f"hydra.run.dir={tmp / name}"],  # (run_dir, if given, wins)
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], env=env, timeout=600)
+                         capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(tracking_uri=store)
-    run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    run = ([r for r in runs if "mlflow.parentRunId" in r.data.tags] or runs)[0]  # a multirun's job: its child run
     keys = [k for k in run.data.metrics if not k.startswith(("val/", "best/"))]
     return {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in keys}
 

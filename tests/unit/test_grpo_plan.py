@@ -171,6 +171,7 @@ def test_tulu_card_plans_7_learners_and_a_vllm_generator_and_a_machine_without_v
         check_generation_backend(cfg)
     hf = compose_cfg(["experiment=tulu3_8b_rlvr", "generation.backend=hf"])
     check_generation_backend(hf)  # nothing to import
-    monkeypatch.setenv("LOCAL_RANK", "0")  # a rank torchrun or srun started: hydralign cannot add the generators
-    with pytest.raises(ConfigError, match=r"starts the learners and the generator processes itself.*not under torchrun"):
+    monkeypatch.setenv("LOCAL_RANK", "0")  # a rank torchrun or srun started: the launch must hold the generator too
+    monkeypatch.setenv("WORLD_SIZE", "7")
+    with pytest.raises(ConfigError, match=r"WORLD_SIZE=7 tasks.*the last 1 ranks generate"):
         check_generation_backend(hf)
