@@ -137,7 +137,19 @@ def remember_store(store: Any, generators: int) -> None:
 
 def end_generator_tasks(wait_s: float = 60.0) -> None:
     """Learner 0, once its run ended (any way): tell the generator tasks, and wait up to ``wait_s`` for each to say
-    bye (it then exits 0 by itself; this process's store must outlive that)."""
+    bye (it then exits 0 by itself; this process's store must outlive that). A run that ended before it opened the
+    channel (an error while loading: under submitit the task still exits 0, so srun would not end the job) opens the
+    store now, only to tell them."""
+    if TASKS_ENV in os.environ and os.environ.get("RANK") == "0" and not _LEARNER_STORES:
+        import torch.distributed as dist
+
+        try:
+            store = dist.TCPStore(os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ[PORT_ENV]), None, True,
+                                  timeout=datetime.timedelta(seconds=wait_s), wait_for_workers=False)
+            _LEARNER_STORES.append((store, int(os.environ[GENERATORS_ENV])))
+        except Exception as err:
+            print(f"hydralign: could not tell the generator tasks that the learners are done ({err})",
+                  file=sys.stderr, flush=True)
     while _LEARNER_STORES:
         store, gens = _LEARNER_STORES.pop()
         try:
@@ -153,7 +165,7 @@ class LearnersDone:
     said done; it then says bye and, if the generator loop has not ended within ``grace_s`` (a wait that cannot
     notice learner 0 is gone: NCCL), ends this process with exit code 0."""
 
-    def __init__(self, host: str, port: int, g: int, poll_s: float = 0.5, grace_s: float = 30.0):
+    def __init__(self, host: str, port: int, g: int, poll_s: float = 0.5, grace_s: float = 10.0):
         self.host, self.port, self.g, self.poll_s, self.grace_s = host, port, g, poll_s, grace_s
         self.seen, self.served, self.ended = threading.Event(), threading.Event(), threading.Event()
         self.thread = threading.Thread(target=self._watch, name="hydralign-learners-done", daemon=True)
