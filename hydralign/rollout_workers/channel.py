@@ -91,7 +91,8 @@ class Channel:
         picks the weights group's backend (``weights_backend``)."""
         if PORT_ENV not in os.environ:
             raise RuntimeError(f"{PORT_ENV} is not set: generator processes are started by hydralign's own launcher "
-                               "(python -m hydralign ..., one node), not by torchrun or srun")
+                               "(python -m hydralign ...) or are tasks of a torchrun/srun launch that hydralign split "
+                               "(hydralign.distributed.generator_tasks), not started by hand")
         gens, learners = int(os.environ[GENERATORS_ENV]), int(os.environ[LEARNERS_ENV])
         g = None if learner_rank is not None else int(os.environ[RANK_ENV])
         timeout = datetime.timedelta(seconds=timeout_s)
