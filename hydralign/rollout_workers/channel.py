@@ -51,6 +51,20 @@ def verify_sync() -> bool:
     return os.environ.get(VERIFY_ENV, "") == "1"
 
 
+def full_tensors(named: Iterable[tuple[str, Any]], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    """Each of the policy's tensors whole, one at a time, in the order given (the state_dict's: the same on every
+    learner). A DTensor (an FSDP2 shard) is gathered by all learners together, from ``device`` where it was
+    offloaded to CPU; the previous tensor is released before the next is gathered. Used by the broadcast to the
+    generators and by the learners' own vLLM engines (``colocated``)."""
+    with torch.no_grad():
+        for name, tensor in named:
+            if hasattr(tensor, "full_tensor"):
+                if tensor.device.type == "cpu" and torch.device(device).type == "cuda":
+                    tensor = tensor.to(device)
+                tensor = tensor.full_tensor()
+            yield name, tensor.detach()
+
+
 def weights_backend(device: torch.device) -> str:
     """The weights group's backend for a process on ``device``: NCCL between CUDA devices, else gloo."""
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
@@ -128,8 +142,7 @@ class Channel:
             started = time.perf_counter()
             _broadcast(self.weights, torch.tensor([version], dtype=torch.int64, device=self.device))
             self.header_wait_s = time.perf_counter() - started
-        for _, tensor in named:
-            full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+        for _, full in full_tensors(named, self.device):
             if self.learner_rank == 0:
                 buf = (full.detach().to("cpu", copy=True).contiguous() if self.device.type == "cpu"
                        else full.detach().to(self.device).contiguous())  # NCCL: learner 0's own GPU tensor
@@ -160,13 +173,12 @@ class Channel:
 
 class WeightStream:
     """One broadcast's tensors, each received as the stream is iterated (once, in full: the broadcast stays in step
-    with learner 0 only if every tensor is taken; ``complete`` says it was). With ``HYDRALIGN_VERIFY_SYNC=1`` a
+    with learner 0 only if every tensor is taken; ``finish`` sees to it). With ``HYDRALIGN_VERIFY_SYNC=1`` a
     running SHA-256 of each tensor's bytes as received (a CPU copy) is posted once the last one is in."""
 
     def __init__(self, channel: Channel, version: int, layout: list[tuple[str, Any, tuple]],
                  targets: list[Optional[torch.Tensor]]):
         self.channel, self.version, self.layout, self.targets = channel, version, layout, targets
-        self.complete = False
         self._received = self._receive()  # one pass: iterating again goes on where the last stopped
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -181,7 +193,6 @@ class WeightStream:
                 _digest(digest, buf)
             yield name, buf
             del buf  # the consumer's reference alone keeps it (one received tensor at a time)
-        self.complete = True
         if verify:
             self.channel.post(f"checksum/{self.channel.generator_rank}/{self.version}", digest.hexdigest())
 

@@ -8,7 +8,7 @@ mode): each learner builds its own engine on its own GPU, tensor parallel 1, and
   and CUDA's generators as it starts; the learner's own states are restored afterwards (its dropout, its data).
 - It is built from the policy's config with random weights (``engines.vllm_engine``); before each rollout batch's
   sampling, if the policy changed since the last load, every learner gathers the policy one tensor at a time
-  (``full_tensors``: under FSDP2 ``DTensor.full_tensor``, all learners together, in the state_dict's order) and
+  (``channel.full_tensors``: under FSDP2 ``DTensor.full_tensor``, all learners together, in the state_dict's order) and
   loads each into its own engine as it comes, so no learner holds the whole model beside its shard. The vLLM calls
   run with autocast off (sampling runs inside Lightning's training step, under bf16-mixed's autocast).
 - The engine is always built with vLLM's sleep mode. ``generation.vllm_sleep`` (default true): it sleeps while the
@@ -28,12 +28,14 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Optional
 
 import numpy
 import torch
+
+from hydralign.rollout_workers.channel import full_tensors
 
 SLEEP_LEVEL = 2  # discard the weights and the KV cache (the weights are loaded again before every sampling)
 
@@ -56,19 +58,6 @@ def launcher_env(rank: int, local_rank: int, world: int, environ: Mapping[str, s
     if not environ.get("MASTER_PORT"):
         env["MASTER_PORT"] = str(free_port())
     return env
-
-
-def full_tensors(named: Iterable[tuple[str, Any]], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-    """Each of the policy's tensors whole, one at a time, in the order given (the state_dict's: the same on every
-    learner). A DTensor (an FSDP2 shard) is gathered by all learners together, from ``device`` where it was
-    offloaded to CPU; the previous tensor is released before the next is gathered."""
-    with torch.no_grad():
-        for name, tensor in named:
-            if hasattr(tensor, "full_tensor"):
-                if tensor.device.type == "cpu" and torch.device(device).type == "cuda":
-                    tensor = tensor.to(device)
-                tensor = tensor.full_tensor()
-            yield name, tensor.detach()
 
 
 def needs_load(loaded: Optional[int], version: int) -> bool:

@@ -28,7 +28,8 @@ import torch
 from hydralign.errors import ConfigError
 from hydralign.plan.core import make_plan
 from hydralign.plan.format import format_plan
-from hydralign.rollout_workers.colocated import ColocatedVLLM, full_tensors, launcher_env
+from hydralign.rollout_workers.channel import full_tensors
+from hydralign.rollout_workers.colocated import ColocatedVLLM, launcher_env
 from tests.helpers import compose_cfg
 
 COLOCATED = ["method=grpo", "hardware=1xA100", "generation=vllm"]
