@@ -50,9 +50,13 @@ def _resident_gib(est: MemoryEstimate) -> float:
     return est.parameters_gib + est.gradients_gib + est.optimizer_gib + est.frozen_gib
 
 
-def _peak_gib(c: ColocatedInputs, training: MemoryEstimate, utilization: float) -> float:
-    share = utilization * float(training.device_gib)
-    return (_resident_gib(training) if c.sleep else training.total_gib) + share
+def _beside_engine_gib(c: ColocatedInputs, training: MemoryEstimate) -> float:
+    """What the learner holds while its engine is awake: the resident training state (vllm_sleep), else its peak."""
+    return _resident_gib(training) if c.sleep else training.total_gib
+
+
+def _engine_weights_gib(m: MemoryInputs, c: ColocatedInputs) -> float:
+    return m.params * c.engine_bytes / GIB
 
 
 def with_colocated(m: MemoryInputs, c: ColocatedInputs) -> MemoryEstimate:
@@ -62,8 +66,8 @@ def with_colocated(m: MemoryInputs, c: ColocatedInputs) -> MemoryEstimate:
     if est.device_gib is None:
         return dataclasses.replace(est, notes=est.notes + (
             "colocated vLLM: not counted (no hardware.device_memory_gb: its share of the device is unknown)",))
-    peak, share = _peak_gib(c, est, c.utilization), c.utilization * est.device_gib
-    weights = m.params * c.engine_bytes / GIB
+    share = c.utilization * est.device_gib
+    peak, weights = _beside_engine_gib(c, est) + share, _engine_weights_gib(m, c)
     notes = est.notes
     if weights >= share:
         notes += (f"colocated vLLM: the policy in the engine's dtype ({weights:.2f} GiB) does not fit its share "
@@ -79,10 +83,10 @@ def fitting_utilization(m: MemoryInputs, c: ColocatedInputs) -> tuple[Optional[f
     why there is none (empty where there is one)."""
     training = estimate_with_evaluation(m)
     device = float(training.device_gib)
-    weights = m.params * c.engine_bytes / GIB
+    weights = _engine_weights_gib(m, c)
     if training.total_gib > device:
         return None, f"the training alone needs {training.total_gib:.1f} GiB of the device's {device:g} GiB"
-    left = device - (_resident_gib(training) if c.sleep else training.total_gib)
+    left = device - _beside_engine_gib(c, training)
     best = math.floor(left / device * 100 + 1e-9) / 100
     if best * device <= weights:
         return None, (f"the {left:.1f} GiB training leaves on the device do not hold the policy in the engine's "
@@ -97,7 +101,7 @@ def estimate_colocated(m: MemoryInputs, c: ColocatedInputs) -> MemoryEstimate:
     if est.fits is not False:
         return est
     # peft is refused with the learners' engines (plan.rollout); where the share cannot hold the policy, only u helps
-    held = m.params * c.engine_bytes / GIB < c.utilization * float(est.device_gib)
+    held = _engine_weights_gib(m, c) < c.utilization * float(est.device_gib)
     others = tuple(s for s in est.suggestions if held and not s.startswith("peft="))
     best, why = fitting_utilization(m, c)
     if best is None:
